@@ -1,0 +1,27 @@
+"""Exceptions and warnings raised by gradsonic.
+
+Every error is also a built-in (``ValueError``, ``TypeError``, ``RuntimeError``) so existing
+``except`` clauses keep working.
+"""
+
+from __future__ import annotations
+
+
+class GradsonicError(Exception):
+    """Base class of every gradsonic error."""
+
+
+class ConfigError(GradsonicError, ValueError):
+    """An argument has a bad value; the message names it and the allowed ones."""
+
+
+class ConfigTypeError(GradsonicError, TypeError):
+    """An argument has the wrong type; the message names it and the expected type."""
+
+
+class SinkError(GradsonicError, RuntimeError):
+    """A sink (file, device) failed; the sonifier stops that sink and training goes on."""
+
+
+class GradsonicWarning(UserWarning):
+    """Soft problems: a failed sink, a worker error reported on the training thread."""

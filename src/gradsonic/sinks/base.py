@@ -1,0 +1,44 @@
+"""The sink interface: where rendered frames go.
+
+A sink receives mono float32 frames in [-1, 1] from the sonifier's worker thread (never from the
+training thread) and owns its resource. ``close()`` is idempotent and every sink is a context
+manager. A sink that raises is reported once and dropped; the other sinks and training go on.
+"""
+
+from __future__ import annotations
+
+from types import TracebackType
+
+import numpy as np
+
+
+class Sink:
+    """Base class; subclasses implement :meth:`write` and may override :meth:`flush`/:meth:`_close`."""
+
+    closed: bool = True  # class-level so close() works after a failed __init__
+
+    def open(self, sample_rate: int) -> None:
+        """Called once by the sonifier before the first write, with its sample rate."""
+
+    def write(self, frames: np.ndarray) -> None:
+        raise NotImplementedError
+
+    def flush(self) -> None:
+        """Make what was written so far durable/visible. Default: nothing to do."""
+
+    def close(self) -> None:
+        """Release the resource. Safe to call any number of times."""
+        if self.closed:
+            return
+        self.closed = True
+        self._close()
+
+    def _close(self) -> None:
+        pass
+
+    def __enter__(self) -> "Sink":
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()

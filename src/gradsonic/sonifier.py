@@ -1,0 +1,364 @@
+"""GradientSonifier: attach to a model, hear every optimizer step.
+
+The training thread does one fused norm reduction and an O(1) enqueue per step
+(:mod:`gradsonic.tap`). A worker thread owned by the sonifier resolves the norms, calls
+``on_step``, maps norms to pitches (:mod:`gradsonic.mapping`), renders tones
+(:mod:`gradsonic.synth`) and writes them to every sink (:mod:`gradsonic.sinks`).
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+import traceback
+import warnings
+import weakref
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Callable, Iterable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from ._options import check_number
+from .errors import ConfigError, ConfigTypeError, GradsonicError, GradsonicWarning
+from .mapping import ALARM, SILENT, MappingLike, plan_tones, resolve_mapping
+from .sinks.base import Sink
+from .sinks.wav import WavSink
+from .synth import Synth
+from .tap import NormTap, PendingNorms, StepRecord, select_layers
+
+_MAX_BATCH = 512  # steps rendered together by the worker
+
+
+class ClosedError(GradsonicError, RuntimeError):
+    """The sonifier was used after close()."""
+
+
+@dataclass
+class Stats:
+    """Counters kept by the worker (read them after :meth:`GradientSonifier.flush`)."""
+
+    steps: int = 0  # steps rendered
+    frames: int = 0  # audio frames produced
+    alarm_tones: int = 0  # layer tones replaced by the NaN/Inf alarm
+    alarm_steps: int = 0  # steps with at least one alarm
+    silent_tones: int = 0  # layer tones silent because the layer had no gradient
+
+
+class _Command:
+    __slots__ = ("kind", "done")
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self.done = threading.Event()
+
+
+class _Worker(threading.Thread):
+    """Consumes pending steps; renders and writes in batches. Holds no reference to the model."""
+
+    def __init__(self, mapping: Callable[[np.ndarray], np.ndarray], synth: Synth,
+                 sinks: list[Sink], on_step: Callable[[StepRecord], Any] | None,
+                 max_pending: int) -> None:
+        super().__init__(name="gradsonic-worker", daemon=True)
+        self.queue: queue.Queue[PendingNorms | _Command] = queue.Queue(max_pending)
+        self.mapping = mapping
+        self.synth = synth
+        self.sinks = sinks
+        self.on_step = on_step
+        self.stats = Stats()
+        self.errors: list[tuple[str, BaseException, str]] = []
+        self.audio_ok = True
+
+    def _fail(self, where: str, exc: BaseException) -> None:
+        self.errors.append((where, exc, "".join(traceback.format_exception(exc))))
+
+    def run(self) -> None:
+        stop: _Command | None = None
+        while stop is None:
+            items = [self.queue.get()]
+            while len(items) < _MAX_BATCH:
+                try:
+                    items.append(self.queue.get_nowait())
+                except queue.Empty:
+                    break
+            pending: list[PendingNorms] = []
+            for item in items:
+                if isinstance(item, _Command):
+                    self._process(pending)
+                    pending = []
+                    if item.kind == "flush":
+                        self._flush_sinks()
+                        item.done.set()
+                    else:
+                        stop = item
+                else:
+                    pending.append(item)
+            self._process(pending)
+        self._close_sinks()
+        stop.done.set()
+
+    def _process(self, pending: list[PendingNorms]) -> None:
+        if not pending:
+            return
+        try:
+            records = [p.resolve() for p in pending]
+        except BaseException as e:  # a device error while reading norms: keep training alive
+            self._fail("reading gradient norms", e)
+            return
+        if self.on_step is not None:
+            for record in records:
+                try:
+                    self.on_step(record)
+                except BaseException as e:
+                    self._fail("on_step callback (now disabled)", e)
+                    self.on_step = None
+                    break
+        if not self.audio_ok:
+            return
+        try:
+            norms = np.stack([r.norms for r in records])
+            missing = np.stack([r.missing for r in records])
+            freqs, kinds = plan_tones(self.mapping, norms, missing)
+            frames = self.synth.render(freqs, kinds)
+        except BaseException as e:
+            self._fail("mapping/synthesis (audio now disabled)", e)
+            self.audio_ok = False
+            return
+        alarms = kinds == ALARM
+        s = self.stats
+        s.steps += len(records)
+        s.frames += frames.size
+        s.alarm_tones += int(alarms.sum())
+        s.alarm_steps += int(alarms.any(axis=1).sum())
+        s.silent_tones += int((kinds == SILENT).sum())
+        for sink in list(self.sinks):
+            try:
+                sink.write(frames)
+            except BaseException as e:
+                self._drop(sink, e)
+
+    def _drop(self, sink: Sink, exc: BaseException) -> None:
+        self._fail(f"sink {sink!r} (now stopped)", exc)
+        self.sinks.remove(sink)
+        try:
+            sink.close()
+        except BaseException:
+            pass
+
+    def _flush_sinks(self) -> None:
+        for sink in list(self.sinks):
+            try:
+                sink.flush()
+            except BaseException as e:
+                self._drop(sink, e)
+
+    def _close_sinks(self) -> None:
+        for sink in list(self.sinks):
+            try:
+                sink.close()
+            except BaseException as e:
+                self._fail(f"closing sink {sink!r}", e)
+        self.sinks = []
+
+
+def _stop_worker(worker: _Worker) -> None:
+    """Drain and stop a worker; runs from close(), at garbage collection, or at exit."""
+    if worker.is_alive():
+        cmd = _Command("stop")
+        worker.queue.put(cmd)
+        worker.join()
+
+
+class GradientSonifier:
+    """Turns each optimizer step's per-layer gradient norms into tones.
+
+    Args:
+        model: the model whose layers to listen to.
+        layers: ``None`` (every submodule with a trainable ``weight``, registration order), or a
+            list of modules and/or glob patterns matched against ``model.named_modules()`` names.
+        wav: path of the WAV file to stream to, or ``None`` for no file.
+        mapping: ``"log"`` (default, see :class:`~gradsonic.mapping.LogMapping`), ``"seed"``
+            (``200 + 100 * norm`` Hz), or any callable ``norms -> Hz``.
+        sample_rate, tone_duration, silence_duration, amplitude: the sound layout; one tone of
+            ``tone_duration`` s per layer, then ``silence_duration`` s (default 2 tone lengths).
+        on_step: ``callable(record: StepRecord)``, called on the worker thread in step order.
+        wav_format: ``"float32"`` (default) or ``"pcm16"``.
+        sinks: more :class:`~gradsonic.sinks.base.Sink` objects to feed (closed with the sonifier).
+        max_pending: steps that may wait for the worker before ``step()`` blocks (bounds memory).
+    """
+
+    _worker: _Worker | None = None
+    _closed = True
+    _handles: list[Any] = []
+
+    def __init__(
+        self,
+        model: nn.Module,
+        layers: Sequence[nn.Module | str] | None = None,
+        wav: str | os.PathLike[str] | None = "run.wav",
+        mapping: MappingLike = "log",
+        sample_rate: int = 44100,
+        tone_duration: float = 0.01,
+        silence_duration: float | None = None,
+        amplitude: float = 0.1,
+        on_step: Callable[[StepRecord], Any] | None = None,
+        *,
+        wav_format: str = "float32",
+        sinks: Iterable[Sink] = (),
+        max_pending: int = 4096,
+    ) -> None:
+        self.mapping = resolve_mapping(mapping)
+        self.synth = Synth(sample_rate, tone_duration, silence_duration, amplitude)
+        self._tap = NormTap(select_layers(model, layers))
+        if on_step is not None and not callable(on_step):
+            raise ConfigTypeError(f"on_step must be a callable or None, not {on_step!r}")
+        if isinstance(max_pending, bool) or not isinstance(max_pending, int) or max_pending < 1:
+            raise ConfigError(f"max_pending must be an integer >= 1, not {max_pending!r}")
+        extra = list(sinks)
+        for s in extra:
+            if not isinstance(s, Sink):
+                raise ConfigTypeError(
+                    f"sinks must hold gradsonic.sinks.Sink objects, not {type(s).__name__}")
+        out: list[Sink] = []
+        try:
+            if wav is not None:
+                out.append(WavSink(wav, format=wav_format))
+            out.extend(extra)
+            for s in out:
+                s.open(self.synth.sample_rate)
+        except BaseException:
+            for s in out:
+                s.close()
+            raise
+        self.sinks = tuple(out)
+        self._handles = []
+        self._step = 0
+        self._reported = 0
+        self._worker = _Worker(self.mapping, self.synth, out, on_step, max_pending)
+        self._worker.start()
+        self._closed = False
+        # Drains the worker and finalises the files on close(), when the sonifier is garbage
+        # collected, or at interpreter exit - so a script that never calls close() still ends
+        # with a complete WAV.
+        self._finalizer = weakref.finalize(self, _stop_worker, self._worker)
+
+    # -- public surface ------------------------------------------------------------------
+
+    @property
+    def layer_names(self) -> tuple[str, ...]:
+        """Names of the layers listened to, in the order their tones play."""
+        return self._tap.layer_names
+
+    @property
+    def steps(self) -> int:
+        """Optimizer steps seen so far."""
+        return self._step
+
+    @property
+    def stats(self) -> Stats:
+        """Worker counters (steps rendered, alarms, silences); exact after :meth:`flush`."""
+        assert self._worker is not None
+        return self._worker.stats
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def wrap(self, optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
+        """Listen to every ``optimizer.step()``: norms are read just before the update.
+
+        Returns the same optimizer object (nothing is proxied); wrapping twice is a no-op.
+        """
+        if not isinstance(optimizer, torch.optim.Optimizer):
+            raise ConfigTypeError(
+                f"wrap() takes a torch.optim.Optimizer, not {type(optimizer).__name__}")
+        self._check_open()
+        if not any(h.optimizer() is optimizer for h in self._handles):
+            handle = optimizer.register_step_pre_hook(self._pre_step_hook)
+            self._handles.append(_Hook(handle, optimizer))
+        return optimizer
+
+    def detach(self) -> None:
+        """Remove every hook this sonifier registered. :meth:`step` still works by hand."""
+        handles, self._handles = self._handles, []
+        for h in handles:
+            h.handle.remove()
+
+    def step(self) -> None:
+        """Read the current gradients' norms and queue their sound (call after backward)."""
+        self._check_open()
+        pending = self._tap.collect(self._step)
+        self._step += 1
+        assert self._worker is not None
+        self._worker.queue.put(pending)
+        if len(self._worker.errors) > self._reported:
+            self._report()
+
+    def flush(self) -> None:
+        """Wait until every queued step is rendered and the sinks are flushed."""
+        self._check_open()
+        self._command("flush")
+        self._report()
+
+    def close(self) -> None:
+        """Detach, render every queued step, close the sinks. Safe to call again."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self.detach()
+        finally:
+            self._finalizer()
+            self._report()
+
+    def __enter__(self) -> "GradientSonifier":
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "open"
+        return f"<GradientSonifier {state} layers={len(self.layer_names)} steps={self._step}>"
+
+    # -- internals -----------------------------------------------------------------------
+
+    def _pre_step_hook(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        self.step()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ClosedError("this GradientSonifier is closed; create a new one to listen again")
+
+    def _command(self, kind: str) -> None:
+        assert self._worker is not None
+        cmd = _Command(kind)
+        self._worker.queue.put(cmd)
+        while not cmd.done.wait(0.1):
+            if not self._worker.is_alive():
+                break
+
+    def _report(self) -> None:
+        """Warn once, on the calling (training) thread, for each new worker error."""
+        if self._worker is None:
+            return
+        errors = self._worker.errors
+        while self._reported < len(errors):
+            where, exc, tb = errors[self._reported]
+            self._reported += 1
+            warnings.warn(f"gradsonic: {where} failed: {exc!r}; training continues.\n{tb}",
+                          GradsonicWarning, stacklevel=3)
+
+
+class _Hook:
+    """A registered optimizer hook: the torch handle plus a weak reference to its optimizer."""
+
+    __slots__ = ("handle", "optimizer")
+
+    def __init__(self, handle: Any, optimizer: torch.optim.Optimizer) -> None:
+        self.handle = handle
+        self.optimizer = weakref.ref(optimizer)

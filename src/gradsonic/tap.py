@@ -1,0 +1,200 @@
+"""Which layers to listen to, and reading their gradient norms without stalling training.
+
+The training thread calls :meth:`NormTap.collect` once per optimizer step. It issues one fused
+``torch._foreach_norm`` per (device, dtype) group of gradients, stacks the results into one small
+vector per device and, on CUDA, starts an asynchronous copy of that vector into pinned host memory
+followed by an event. Nothing on this path waits for the device: no ``.item()``, ``.numpy()``,
+``float()`` or ``.cpu()`` of a CUDA tensor. The sonifier's worker thread later calls
+:meth:`PendingNorms.resolve`, which waits on the event (off the training thread) and yields a
+:class:`StepRecord`.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from .errors import ConfigError, ConfigTypeError
+
+
+@dataclass(frozen=True)
+class StepRecord:
+    """The norms of one optimizer step.
+
+    ``norms`` is float32 ``[n_layers]`` in layer order; a layer with no gradient this step has
+    ``missing[i] = True`` and ``norms[i] = nan``. ``nonfinite[i]`` marks a layer whose gradient norm
+    is NaN or +-Inf (it sounds as the alarm).
+    """
+
+    step: int
+    norms: np.ndarray
+    missing: np.ndarray
+    layer_names: tuple[str, ...]
+    nonfinite: np.ndarray = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "nonfinite", ~np.isfinite(self.norms) & ~self.missing)
+
+
+@dataclass(frozen=True)
+class Layer:
+    name: str
+    weight: nn.Parameter
+
+
+def _has_weight(module: nn.Module) -> bool:
+    return isinstance(getattr(module, "weight", None), nn.Parameter)
+
+
+def select_layers(model: nn.Module, layers: Sequence[Any] | None) -> list[Layer]:
+    """Resolve ``layers`` (None, modules and/or name patterns) to ordered, distinct weights.
+
+    * ``None``: every submodule whose ``weight`` is a trainable Parameter, in registration order.
+    * a module: must be ``model`` or inside it, and have a ``weight`` Parameter (it may be frozen:
+      it then sounds as silence).
+    * a string: a glob pattern (``fnmatch``: ``*``, ``?``, ``[...]``) or exact name matched against
+      ``model.named_modules()`` names; it must match at least one module with a ``weight``.
+    """
+    if not isinstance(model, nn.Module):
+        raise ConfigTypeError(f"model must be a torch.nn.Module, not {type(model).__name__}")
+    named = list(model.named_modules())
+    name_of = {id(m): n for n, m in named}
+    chosen: list[Layer] = []
+
+    def add(name: str, module: nn.Module) -> None:
+        w = module.weight
+        if not any(w is c.weight for c in chosen):
+            chosen.append(Layer(name or type(module).__name__, w))
+
+    if layers is None:
+        for name, module in named:
+            if _has_weight(module) and module.weight.requires_grad:
+                add(name, module)
+        if not chosen:
+            raise ConfigError(
+                f"model {type(model).__name__} has no submodule with a trainable `weight` "
+                "Parameter; pass layers=[...] naming the modules to listen to")
+        return chosen
+
+    if isinstance(layers, (str, nn.Module)) or not isinstance(layers, Iterable):
+        raise ConfigTypeError(
+            "layers must be None or a list of modules and/or name patterns, "
+            f"not {type(layers).__name__} ({layers!r})")
+    for item in layers:
+        if isinstance(item, str):
+            hits = [(n, m) for n, m in named if fnmatch.fnmatchcase(n, item)]
+            with_weight = [(n, m) for n, m in hits if _has_weight(m)]
+            if not with_weight:
+                sample = [n for n, m in named if n and _has_weight(m)][:8]
+                what = "matches no module" if not hits else "matches only modules without a `weight`"
+                raise ConfigError(
+                    f"layer pattern {item!r} {what}; modules with weights include {sample!r}")
+            for n, m in with_weight:
+                add(n, m)
+        elif isinstance(item, nn.Module):
+            if id(item) not in name_of:
+                raise ConfigError(
+                    f"layer {type(item).__name__} ({item!r:.60}) is not a submodule of the model")
+            if not _has_weight(item):
+                raise ConfigError(
+                    f"layer {name_of[id(item)]!r} ({type(item).__name__}) has no `weight` "
+                    "Parameter; list modules such as Linear/Conv/Norm layers")
+            add(name_of[id(item)], item)
+        else:
+            raise ConfigTypeError(
+                "each entry of layers must be a torch.nn.Module or a name pattern (str), "
+                f"not {type(item).__name__} ({item!r})")
+    if not chosen:
+        raise ConfigError("layers is empty; pass None to listen to every layer with a weight")
+    return chosen
+
+
+class PendingNorms:
+    """Norms of one step on their way to the host; resolved on the worker thread."""
+
+    __slots__ = ("step", "parts", "missing", "layer_names")
+
+    def __init__(self, step: int, parts: list[tuple[np.ndarray, torch.Tensor, Any]],
+                 missing: np.ndarray, layer_names: tuple[str, ...]) -> None:
+        self.step = step
+        self.parts = parts
+        self.missing = missing
+        self.layer_names = layer_names
+
+    def resolve(self) -> StepRecord:
+        norms = np.full(len(self.layer_names), np.nan, dtype=np.float32)
+        for positions, values, event in self.parts:
+            if event is not None:
+                event.synchronize()
+            norms[positions] = values.numpy()
+        return StepRecord(self.step, norms, self.missing, self.layer_names)
+
+
+def _norms(grads: list[torch.Tensor]) -> torch.Tensor:
+    """One fused L2 norm per tensor, as a float32 vector on the tensors' device."""
+    if any(g.layout != torch.strided for g in grads):
+        # Sparse gradients (e.g. nn.Embedding(sparse=True)): foreach kernels take dense only.
+        grads = [g.coalesce().values() if g.is_sparse else g for g in grads]
+    low = grads[0].dtype in (torch.float16, torch.bfloat16)
+    if low:  # compute in float32: a float16 norm overflows at 65504
+        try:
+            out = torch._foreach_norm(grads, 2, dtype=torch.float32)
+        except TypeError:  # torch < 2.3 has no dtype argument
+            out = [torch.linalg.vector_norm(g, dtype=torch.float32) for g in grads]
+    else:
+        out = torch._foreach_norm(grads, 2)
+    return torch.stack(out).to(torch.float32) if len(out) > 1 else out[0].reshape(1).to(torch.float32)
+
+
+class NormTap:
+    """Collects one step's norms for a fixed list of layers with one fused reduction per group."""
+
+    def __init__(self, layers: list[Layer]) -> None:
+        self.layers = layers
+        self.layer_names = tuple(layer.name for layer in layers)
+        self._weights = [layer.weight for layer in layers]
+        for layer in layers:
+            if layer.weight.is_complex():
+                raise ConfigError(
+                    f"layer {layer.name!r} has a complex weight ({layer.weight.dtype}); gradsonic "
+                    "reads real gradient norms only: leave it out of layers")
+
+    @torch.no_grad()
+    def collect(self, step: int) -> PendingNorms:
+        groups: dict[tuple[torch.device, torch.dtype], tuple[list[int], list[torch.Tensor]]] = {}
+        missing = np.zeros(len(self._weights), dtype=bool)
+        for i, w in enumerate(self._weights):
+            g = w.grad
+            if g is None:
+                missing[i] = True
+                continue
+            key = (g.device, g.dtype)
+            group = groups.get(key)
+            if group is None:
+                groups[key] = group = ([], [])
+            group[0].append(i)
+            group[1].append(g)
+
+        by_device: dict[torch.device, tuple[list[int], list[torch.Tensor]]] = {}
+        for (device, _), (idx, grads) in groups.items():
+            entry = by_device.setdefault(device, ([], []))
+            entry[0].extend(idx)
+            entry[1].append(_norms(grads))
+
+        parts = []
+        for device, (idx, vectors) in by_device.items():
+            vec = vectors[0] if len(vectors) == 1 else torch.cat(vectors)
+            event = None
+            if device.type == "cuda":
+                vec = vec.to("cpu", non_blocking=True)  # lands in pinned memory
+                event = torch.cuda.Event()
+                event.record(torch.cuda.current_stream(device))
+            elif device.type != "cpu":
+                vec = vec.to("cpu")  # other backends: a plain copy
+            parts.append((np.asarray(idx, dtype=np.intp), vec, event))
+        return PendingNorms(step, parts, missing, self.layer_names)
