@@ -1,0 +1,116 @@
+"""The ``gradsonic`` command line: ``gradsonic demo`` (more commands arrive with their issues)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from ._version import __version__
+from .errors import GradsonicError
+
+
+def _progress(total: int, desc: str, quiet: bool) -> tuple[Callable[[int], Any], Callable[[], None]]:
+    """A tqdm bar when tqdm is installed, else a plain line on stderr; nothing when quiet."""
+    if quiet:
+        return (lambda n: None), (lambda: None)
+    try:
+        from tqdm import tqdm
+    except ModuleNotFoundError:
+        done = [0]
+
+        def update(n: int) -> None:
+            done[0] += n
+            if done[0] == total or done[0] % max(1, total // 10) == 0:
+                print(f"  {desc}: {done[0]}/{total} steps", file=sys.stderr)
+
+        return update, (lambda: None)
+    bar = tqdm(total=total, desc=desc, unit="step", leave=True)
+    return bar.update, bar.close
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import PRESETS, load_mnist, train_preset
+
+    names = list(PRESETS) if args.preset in (None, ["all"]) else args.preset
+    for name in names:
+        if name not in PRESETS:
+            raise GradsonicError(f"unknown preset {name!r}; choose from {sorted(PRESETS)} or 'all'")
+    embedded = args.data is None and not args.download
+    images, labels = load_mnist(args.data, download=args.download)
+    source = ("embedded MNIST subset (first 4,000 training images)" if embedded
+              else f"MNIST from {args.data or '~/.cache/gradsonic'} ({len(images)} images)")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    print(f"gradsonic {__version__} demo: seed CNN on {source}, {args.steps} steps per preset, "
+          f"mapping {args.mapping!r}")
+    written = []
+    for name in names:
+        preset = PRESETS[name]
+        wav = out / f"{name}.wav"
+        update, close = _progress(args.steps, name, args.quiet)
+        t0 = time.perf_counter()
+        try:
+            result = train_preset(preset, images, labels, steps=args.steps,
+                                  seed=preset.seed_for(embedded), wav=wav, progress=update,
+                                  mapping=args.mapping, wav_format=args.format)
+        finally:
+            close()
+        seconds = time.perf_counter() - t0
+        written.append((wav, preset, result.alarm_steps, seconds))
+    print("\nWrote:")
+    for wav, preset, alarms, seconds in written:
+        alarm = f", NaN/Inf alarm on {alarms} steps" if alarms else ""
+        print(f"  {wav}  ({seconds:.1f} s{alarm})\n      listen for: {preset.listen_for}")
+    print("\nEach step is one short tone per layer (conv1, conv2, fc1, fc2), then a pause.")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gradsonic", description="Hear your model train.")
+    parser.add_argument("--version", action="version", version=f"gradsonic {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser("demo", help="train the 2019 seed CNN on MNIST and write one WAV per preset",
+                          description="Train the seed CNN on MNIST under the five original "
+                          "settings and write one WAV per preset.")
+    demo.add_argument("--preset", nargs="+", metavar="NAME",
+                      help="one or more of: sgd-lr0.01 sgd-lr0.1 sgd-lr1.0 sgd-lr1.0-bs256 "
+                      "adam-lr0.01, or all (default: all)")
+    demo.add_argument("--steps", type=int, default=200, help="optimizer steps per preset (200)")
+    demo.add_argument("--data", metavar="DIR",
+                      help="folder with the MNIST IDX files (.gz or raw); default: the embedded "
+                      "4,000-image subset")
+    demo.add_argument("--download", action="store_true",
+                      help="download full MNIST with torchvision (into --data or ~/.cache/gradsonic)")
+    demo.add_argument("--out", default="gradsonic-demo", metavar="DIR",
+                      help="where to write the WAVs (gradsonic-demo/)")
+    demo.add_argument("--mapping", default="seed", choices=["seed", "log"],
+                      help="norm-to-pitch mapping: seed = 200 + 100*norm Hz as in 2019 (default), "
+                      "log = one octave per decade")
+    demo.add_argument("--format", default="float32", choices=["float32", "pcm16"],
+                      help="WAV sample format (float32)")
+    demo.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    demo.set_defaults(func=_cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "steps", 1) < 1:
+        parser.error(f"--steps must be >= 1, not {args.steps}")
+    try:
+        return int(args.func(args))
+    except (GradsonicError, OSError, ModuleNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
