@@ -26,7 +26,7 @@ from ._options import check_number
 from .errors import ConfigError, ConfigTypeError, GradsonicError, GradsonicWarning
 from .mapping import ALARM, SILENT, MappingLike, plan_tones, resolve_mapping
 from .sinks.base import Sink
-from .sinks.wav import WavSink
+from .sinks.wav import WavFormat, WavSink
 from .synth import Synth
 from .tap import NormTap, PendingNorms, StepRecord, select_layers
 
@@ -213,6 +213,7 @@ class GradientSonifier:
         self.mapping = resolve_mapping(mapping)
         self.synth = Synth(sample_rate, tone_duration, silence_duration, amplitude)
         self._tap = NormTap(select_layers(model, layers))
+        wav_format = WavFormat.parse(wav_format, "wav_format")
         if on_step is not None and not callable(on_step):
             raise ConfigTypeError(f"on_step must be a callable or None, not {on_step!r}")
         if isinstance(max_pending, bool) or not isinstance(max_pending, int) or max_pending < 1:

@@ -1,0 +1,61 @@
+from __future__ import annotations
+
+import gc
+import os
+import threading
+import weakref
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED_MNIST = REPO.parent / "shared" / "data" / "mnist"
+
+
+def _workers() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "gradsonic-worker" and t.is_alive()]
+
+
+@pytest.fixture(autouse=True)
+def _no_leaks(tmp_path, monkeypatch):
+    """Run each test in its own folder and fail it if it leaves a worker thread or open sink."""
+    from gradsonic.sinks.base import Sink
+
+    monkeypatch.chdir(tmp_path)
+    created: weakref.WeakSet[Sink] = weakref.WeakSet()
+
+    def subclasses(cls):
+        for sub in cls.__subclasses__():
+            yield sub
+            yield from subclasses(sub)
+
+    for cls in {Sink, *subclasses(Sink)}:
+        def tracking_init(self, *args, __init=cls.__init__, **kwargs):
+            __init(self, *args, **kwargs)
+            created.add(self)
+
+        monkeypatch.setattr(cls, "__init__", tracking_init)
+    before = set(_workers())
+    yield
+    gc.collect()
+    leaked = [t for t in _workers() if t not in before]
+    open_sinks = [s for s in created if not s.closed]
+    assert not leaked, f"test left {len(leaked)} gradsonic worker thread(s) running: close() it"
+    assert not open_sinks, f"test left sinks open: {open_sinks!r}"
+
+
+@pytest.fixture(scope="session")
+def mnist_dir() -> Path | None:
+    """The real MNIST copy beside the repo (CI and dev machines), else None: embedded subset."""
+    env = os.environ.get("GRADSONIC_MNIST")
+    if env:
+        return Path(env)
+    return SHARED_MNIST if SHARED_MNIST.is_dir() else None
+
+
+@pytest.fixture(scope="session")
+def mnist_slice(mnist_dir):
+    from gradsonic.demo import load_mnist
+
+    x, y = load_mnist(mnist_dir)
+    return x[:2000], y[:2000]

@@ -1,0 +1,98 @@
+"""Mappings and synthesis: musical over many decades, never garbage, exact lengths."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from gradsonic import LogMapping, SeedMapping
+from gradsonic.mapping import ALARM, SILENT, TONE, plan_tones, resolve_mapping
+from gradsonic.synth import Synth
+
+
+def test_log_mapping_is_one_octave_per_decade_around_a440():
+    m = LogMapping()
+    hz = m(np.array([1e-3, 1e-2, 0.1, 1.0, 10.0, 100.0, 1e3]))
+    np.testing.assert_allclose(hz, [55, 110, 220, 440, 880, 1760, 3520])
+
+
+def test_log_mapping_holds_extremes_inside_its_range():
+    m = LogMapping()
+    hz = m(np.array([0.0, 1e-45, 1e-30, 1e17, 1e30, np.finfo(np.float64).max]))
+    np.testing.assert_array_equal(hz, [55, 55, 55, 3520, 3520, 3520])
+
+
+def test_seed_mapping_is_the_original_line():
+    np.testing.assert_allclose(SeedMapping()(np.array([0.0, 1.0, 4.09])), [200, 300, 609])
+
+
+def test_resolve_mapping_accepts_names_and_callables():
+    assert isinstance(resolve_mapping("seed"), SeedMapping)
+    assert isinstance(resolve_mapping("log"), LogMapping)
+
+    def custom(norms):
+        return 300 + 0 * norms
+
+    assert resolve_mapping(custom) is custom
+
+
+def test_plan_marks_missing_silent_and_non_finite_alarm_and_maps_only_finite():
+    seen = []
+
+    def spy(norms):
+        seen.append(norms.copy())
+        return 100 + norms
+
+    norms = np.array([[1.0, np.nan, np.inf, 2.0], [-np.inf, 0.0, np.nan, 3.0]])
+    missing = np.array([[False, True, False, False], [False, False, False, False]])
+    freqs, kinds = plan_tones(spy, norms, missing)
+    assert kinds.tolist() == [[TONE, SILENT, ALARM, TONE], [ALARM, TONE, ALARM, TONE]]
+    assert np.all(np.isfinite(seen[0]))
+    np.testing.assert_array_equal(freqs[kinds == TONE], [101, 102, 100, 103])
+
+
+def test_mapping_returning_wrong_shape_is_a_clear_error():
+    with pytest.raises(ValueError, match=r"mapping returned shape \(\) for norms of shape \(2,\)"):
+        plan_tones(lambda n: 440.0, np.array([[1.0, 2.0]]), np.zeros((1, 2), bool))
+
+
+def test_every_frequency_is_clamped_to_20hz_and_045_fs():
+    synth = Synth(sample_rate=8000)
+    np.testing.assert_array_equal(synth.clamp(np.array([-5, 0, 19, 1e9, np.inf, np.nan])),
+                                  [20, 20, 20, 3600, 3600, 20])
+
+
+def test_tone_fades_remove_the_click_at_both_ends():
+    synth = Synth()
+    frames = synth.render(np.array([[1234.5]]), np.array([[TONE]], dtype=np.int8))
+    tone = frames[: synth.tone_samples]
+    assert abs(tone[0]) < 1e-4 and abs(tone[-1]) < 1e-3
+    # the largest sample-to-sample jump stays that of the sine itself (no step discontinuity)
+    assert np.abs(np.diff(tone)).max() <= 0.1 * 2 * np.pi * 1234.5 / 44100 + 1e-6
+
+
+norms_strategy = hnp.arrays(
+    np.float32, st.tuples(st.integers(1, 6), st.integers(1, 5)),
+    elements=st.floats(width=32, allow_nan=True, allow_infinity=True, allow_subnormal=True))
+
+
+@settings(max_examples=150, deadline=None)
+@given(norms=norms_strategy, mapping=st.sampled_from(["seed", "log"]),
+       rate=st.sampled_from([8000, 22050, 44100, 48000]),
+       tone=st.floats(0.0005, 0.02), silence=st.floats(0.0, 0.03),
+       amplitude=st.floats(0.001, 1.0))
+def test_any_float32_norms_give_finite_bounded_samples_of_exact_length(
+        norms, mapping, rate, tone, silence, amplitude):
+    synth = Synth(rate, tone, silence, amplitude)
+    missing = np.zeros(norms.shape, dtype=bool)
+    missing[:, 0] = norms[:, 0] < 0  # some layers missing, whatever the value
+    freqs, kinds = plan_tones(resolve_mapping(mapping), norms, missing)
+    frames = synth.render(freqs, kinds)
+    steps, layers = norms.shape
+    assert frames.dtype == np.float32
+    assert frames.size == steps * (layers * round(tone * rate) + round(silence * rate))
+    assert np.all(np.isfinite(frames))
+    assert np.abs(frames).max(initial=0) <= amplitude * (1 + 1e-6)
