@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import queue
 import threading
+import time
 import traceback
 import warnings
 import weakref
@@ -28,7 +29,7 @@ from .mapping import ALARM, SILENT, MappingLike, plan_tones, resolve_mapping
 from .sinks.base import Sink
 from .sinks.wav import WavFormat, WavSink
 from .synth import Synth
-from .tap import NormTap, PendingNorms, StepRecord, select_layers
+from .tap import NormTap, PendingNorms, StepRecord, resolve_block, select_layers
 
 _MAX_BATCH = 512  # steps rendered together by the worker
 
@@ -69,6 +70,9 @@ class _Worker(threading.Thread):
         self.sinks = sinks
         self.on_step = on_step
         self.stats = Stats()
+        # How long steps may pile up before the worker renders them: the tightest latency any
+        # sink asks for (a file needs none to speak of; live audio needs ~20 ms).
+        self.interval = min([s.max_delay for s in sinks], default=Sink.max_delay)
         self.errors: list[tuple[str, BaseException, str]] = []
         self.audio_ok = True
 
@@ -79,6 +83,10 @@ class _Worker(threading.Thread):
         stop: _Command | None = None
         while stop is None:
             items = [self.queue.get()]
+            if not isinstance(items[0], _Command):
+                # Let steps pile up for a moment (sleeping, without the GIL): rendering many
+                # steps per wake-up costs training far less than waking up for every step.
+                time.sleep(self.interval)
             while len(items) < _MAX_BATCH:
                 try:
                     items.append(self.queue.get_nowait())
@@ -104,14 +112,21 @@ class _Worker(threading.Thread):
         if not pending:
             return
         try:
-            records = [p.resolve() for p in pending]
+            self._process_block(pending)
+        except BaseException as e:  # a bug here must not kill the worker (training would hang)
+            self._fail("worker (audio now disabled)", e)
+            self.audio_ok = False
+
+    def _process_block(self, pending: list[PendingNorms]) -> None:
+        try:
+            norms, missing = resolve_block(pending)
         except BaseException as e:  # a device error while reading norms: keep training alive
             self._fail("reading gradient norms", e)
             return
         if self.on_step is not None:
-            for record in records:
+            for i, p in enumerate(pending):
                 try:
-                    self.on_step(record)
+                    self.on_step(StepRecord(p.step, norms[i].copy(), p.missing, p.layer_names))
                 except BaseException as e:
                     self._fail("on_step callback (now disabled)", e)
                     self.on_step = None
@@ -119,8 +134,6 @@ class _Worker(threading.Thread):
         if not self.audio_ok:
             return
         try:
-            norms = np.stack([r.norms for r in records])
-            missing = np.stack([r.missing for r in records])
             freqs, kinds = plan_tones(self.mapping, norms, missing)
             frames = self.synth.render(freqs, kinds)
         except BaseException as e:
@@ -129,7 +142,7 @@ class _Worker(threading.Thread):
             return
         alarms = kinds == ALARM
         s = self.stats
-        s.steps += len(records)
+        s.steps += len(pending)
         s.frames += frames.size
         s.alarm_tones += int(alarms.sum())
         s.alarm_steps += int(alarms.any(axis=1).sum())

@@ -126,33 +126,73 @@ class PendingNorms:
         self.missing = missing
         self.layer_names = layer_names
 
-    def resolve(self) -> StepRecord:
-        norms = np.full(len(self.layer_names), np.nan, dtype=np.float32)
+    def fill(self, row: np.ndarray) -> None:
+        """Write this step's norms into ``row`` (NaN where missing), waiting for the device."""
+        row.fill(np.nan)
         for positions, values, event in self.parts:
             if event is not None:
                 event.synchronize()
-            norms[positions] = values.numpy()
+            row[positions] = values.numpy()
+
+    def resolve(self) -> StepRecord:
+        norms = np.empty(len(self.layer_names), dtype=np.float32)
+        self.fill(norms)
         return StepRecord(self.step, norms, self.missing, self.layer_names)
 
 
+def resolve_block(pending: Sequence[PendingNorms]) -> tuple[np.ndarray, np.ndarray]:
+    """Norms ``[steps, layers]`` float32 and the missing mask of the same shape."""
+    n_layers = len(pending[0].layer_names)
+    norms = np.empty((len(pending), n_layers), dtype=np.float32)
+    missing = np.empty((len(pending), n_layers), dtype=bool)
+    for i, p in enumerate(pending):
+        p.fill(norms[i])
+        missing[i] = p.missing
+    return norms, missing
+
+
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
 def _norms(grads: list[torch.Tensor]) -> torch.Tensor:
-    """One fused L2 norm per tensor, as a float32 vector on the tensors' device."""
-    if any(g.layout != torch.strided for g in grads):
-        # Sparse gradients (e.g. nn.Embedding(sparse=True)): foreach kernels take dense only.
-        grads = [g.coalesce().values() if g.is_sparse else g for g in grads]
-    low = grads[0].dtype in (torch.float16, torch.bfloat16)
-    if low:  # compute in float32: a float16 norm overflows at 65504
+    """One fused L2 norm per tensor (all on one device), as a float32 vector on that device."""
+    if grads[0].dtype in _LOW_PRECISION:  # compute in float32: a float16 norm overflows at 65504
         try:
             out = torch._foreach_norm(grads, 2, dtype=torch.float32)
         except TypeError:  # torch < 2.3 has no dtype argument
             out = [torch.linalg.vector_norm(g, dtype=torch.float32) for g in grads]
     else:
         out = torch._foreach_norm(grads, 2)
-    return torch.stack(out).to(torch.float32) if len(out) > 1 else out[0].reshape(1).to(torch.float32)
+    vec = torch.stack(out) if len(out) > 1 else out[0].reshape(1)
+    return vec if vec.dtype == torch.float32 else vec.float()
+
+
+def _dense(g: torch.Tensor) -> torch.Tensor:
+    # Sparse gradients (e.g. nn.Embedding(sparse=True)): the norm of the stored values.
+    return g.coalesce().values() if g.is_sparse else g
+
+
+def _to_host(positions: np.ndarray, vec: torch.Tensor) -> tuple[np.ndarray, torch.Tensor, Any]:
+    """Start moving a norm vector to the host without waiting for the device."""
+    event = None
+    if vec.device.type == "cuda":
+        host = vec.to("cpu", non_blocking=True)  # lands in pinned memory
+        event = torch.cuda.Event()
+        event.record(torch.cuda.current_stream(vec.device))
+        return positions, host, event
+    if vec.device.type != "cpu":
+        vec = vec.to("cpu")  # other backends: a plain copy
+    return positions, vec, event
 
 
 class NormTap:
-    """Collects one step's norms for a fixed list of layers with one fused reduction per group."""
+    """Collects one step's norms for a fixed list of layers with one fused reduction per group.
+
+    The common case - every layer has a dense gradient, grouped as the weights were at attach
+    time - costs one ``_foreach_norm`` + ``stack`` per (device, dtype) group and no per-layer
+    Python work beyond reading ``.grad``. Anything else (missing or sparse gradients, a model
+    moved across devices after attaching) takes the general path, which groups per step.
+    """
 
     def __init__(self, layers: list[Layer]) -> None:
         self.layers = layers
@@ -163,38 +203,50 @@ class NormTap:
                 raise ConfigError(
                     f"layer {layer.name!r} has a complex weight ({layer.weight.dtype}); gradsonic "
                     "reads real gradient norms only: leave it out of layers")
+        groups: dict[tuple[torch.device, torch.dtype], list[int]] = {}
+        for i, w in enumerate(self._weights):
+            groups.setdefault((w.device, w.dtype), []).append(i)
+        self._groups = [(np.asarray(idx, dtype=np.intp), idx) for idx in groups.values()]
+        self._fast = True
+        self._none_missing = np.zeros(len(layers), dtype=bool)
+        self._none_missing.setflags(write=False)
 
     @torch.no_grad()
     def collect(self, step: int) -> PendingNorms:
+        grads = [w.grad for w in self._weights]
+        if self._fast:
+            for g in grads:
+                if g is None or g.layout != torch.strided:
+                    break
+            else:
+                try:
+                    if len(self._groups) == 1:
+                        parts = [_to_host(self._groups[0][0], _norms(grads))]
+                    else:
+                        parts = [_to_host(pos, _norms([grads[i] for i in idx]))
+                                 for pos, idx in self._groups]
+                    return PendingNorms(step, parts, self._none_missing, self.layer_names)
+                except RuntimeError:  # e.g. weights moved to other devices after attaching
+                    self._fast = False
+        return self._collect_general(step, grads)
+
+    def _collect_general(self, step: int, grads: list[torch.Tensor | None]) -> PendingNorms:
+        missing = np.zeros(len(grads), dtype=bool)
         groups: dict[tuple[torch.device, torch.dtype], tuple[list[int], list[torch.Tensor]]] = {}
-        missing = np.zeros(len(self._weights), dtype=bool)
-        for i, w in enumerate(self._weights):
-            g = w.grad
+        for i, g in enumerate(grads):
             if g is None:
                 missing[i] = True
                 continue
-            key = (g.device, g.dtype)
-            group = groups.get(key)
-            if group is None:
-                groups[key] = group = ([], [])
-            group[0].append(i)
-            group[1].append(g)
-
+            g = _dense(g)
+            entry = groups.setdefault((g.device, g.dtype), ([], []))
+            entry[0].append(i)
+            entry[1].append(g)
         by_device: dict[torch.device, tuple[list[int], list[torch.Tensor]]] = {}
-        for (device, _), (idx, grads) in groups.items():
-            entry = by_device.setdefault(device, ([], []))
-            entry[0].extend(idx)
-            entry[1].append(_norms(grads))
-
-        parts = []
-        for device, (idx, vectors) in by_device.items():
-            vec = vectors[0] if len(vectors) == 1 else torch.cat(vectors)
-            event = None
-            if device.type == "cuda":
-                vec = vec.to("cpu", non_blocking=True)  # lands in pinned memory
-                event = torch.cuda.Event()
-                event.record(torch.cuda.current_stream(device))
-            elif device.type != "cpu":
-                vec = vec.to("cpu")  # other backends: a plain copy
-            parts.append((np.asarray(idx, dtype=np.intp), vec, event))
+        for (device, _), (idx, gs) in groups.items():
+            entry2 = by_device.setdefault(device, ([], []))
+            entry2[0].extend(idx)
+            entry2[1].append(_norms(gs))
+        parts = [_to_host(np.asarray(idx, dtype=np.intp),
+                          vecs[0] if len(vecs) == 1 else torch.cat(vecs))
+                 for idx, vecs in by_device.values()]
         return PendingNorms(step, parts, missing, self.layer_names)
