@@ -111,18 +111,24 @@ def resolve_mapping(mapping: Any) -> Callable[[np.ndarray], np.ndarray]:
 
 
 def plan_tones(mapping: Callable[[np.ndarray], np.ndarray], norms: np.ndarray,
-               missing: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+               missing: np.ndarray, skipped: np.ndarray | None = None
+               ) -> tuple[np.ndarray, np.ndarray]:
     """Frequencies and tone kinds for a block of steps.
 
-    ``norms`` and ``missing`` are ``[steps, layers]``. Returns ``(freqs_hz float64, kinds int8)``
-    of the same shape: missing layers are ``SILENT``, NaN/Inf norms ``ALARM``, the rest ``TONE``
-    with the mapping's frequency. The mapping only ever sees finite values.
+    ``norms`` and ``missing`` are ``[steps, layers]``; ``skipped`` (optional, ``[steps]``) marks
+    steps the optimizer skipped for inf/NaN. Returns ``(freqs_hz float64, kinds int8)`` of the
+    norms' shape: missing layers are ``SILENT``, NaN/Inf norms and every layer of a skipped step
+    ``ALARM``, the rest ``TONE`` with the mapping's frequency. The mapping only ever sees finite
+    values.
     """
     norms = np.asarray(norms, dtype=np.float64)
     finite = np.isfinite(norms) & ~missing
     kinds = np.full(norms.shape, TONE, dtype=np.int8)
     kinds[missing] = SILENT
     kinds[~finite & ~missing] = ALARM
+    if skipped is not None and skipped.any():
+        kinds[skipped] = ALARM
+        finite[skipped] = False
     freqs = np.zeros(norms.shape, dtype=np.float64)
     if finite.any():
         values = np.abs(norms[finite])

@@ -28,6 +28,7 @@ from .errors import ConfigError, ConfigTypeError, GradsonicError, GradsonicWarni
 from .mapping import ALARM, SILENT, MappingLike, plan_tones, resolve_mapping
 from .sinks.base import Sink
 from .sinks.wav import WavFormat, WavSink
+from ._signals import install_sigterm_exit
 from .synth import Synth
 from .tap import NormTap, PendingNorms, StepRecord, resolve_block, select_layers
 
@@ -119,14 +120,15 @@ class _Worker(threading.Thread):
 
     def _process_block(self, pending: list[PendingNorms]) -> None:
         try:
-            norms, missing = resolve_block(pending)
+            norms, missing, skipped = resolve_block(pending)
         except BaseException as e:  # a device error while reading norms: keep training alive
             self._fail("reading gradient norms", e)
             return
         if self.on_step is not None:
             for i, p in enumerate(pending):
                 try:
-                    self.on_step(StepRecord(p.step, norms[i].copy(), p.missing, p.layer_names))
+                    self.on_step(StepRecord(p.step, norms[i].copy(), p.missing, p.layer_names,
+                                            p.skipped))
                 except BaseException as e:
                     self._fail("on_step callback (now disabled)", e)
                     self.on_step = None
@@ -134,7 +136,7 @@ class _Worker(threading.Thread):
         if not self.audio_ok:
             return
         try:
-            freqs, kinds = plan_tones(self.mapping, norms, missing)
+            freqs, kinds = plan_tones(self.mapping, norms, missing, skipped)
             frames = self.synth.render(freqs, kinds)
         except BaseException as e:
             self._fail("mapping/synthesis (audio now disabled)", e)
@@ -201,6 +203,8 @@ class GradientSonifier:
         wav_format: ``"float32"`` (default) or ``"pcm16"``.
         sinks: more :class:`~gradsonic.sinks.base.Sink` objects to feed (closed with the sonifier).
         max_pending: steps that may wait for the worker before ``step()`` blocks (bounds memory).
+        handle_sigterm: turn SIGTERM into ``SystemExit(143)`` so files are finalised (see
+            :mod:`gradsonic._signals`); only when SIGTERM still has its default action.
     """
 
     _worker: _Worker | None = None
@@ -222,6 +226,7 @@ class GradientSonifier:
         wav_format: str = "float32",
         sinks: Iterable[Sink] = (),
         max_pending: int = 4096,
+        handle_sigterm: bool = True,
     ) -> None:
         self.mapping = resolve_mapping(mapping)
         self.synth = Synth(sample_rate, tone_duration, silence_duration, amplitude)
@@ -245,7 +250,10 @@ class GradientSonifier:
                 s.open(self.synth.sample_rate)
         except BaseException:
             for s in out:
-                s.close()
+                try:
+                    s.close()
+                except Exception:  # the original error is the one to report
+                    pass
             raise
         self.sinks = tuple(out)
         self._handles = []
@@ -258,6 +266,8 @@ class GradientSonifier:
         # collected, or at interpreter exit - so a script that never calls close() still ends
         # with a complete WAV.
         self._finalizer = weakref.finalize(self, _stop_worker, self._worker)
+        if handle_sigterm:
+            install_sigterm_exit()
 
     # -- public surface ------------------------------------------------------------------
 
@@ -281,34 +291,53 @@ class GradientSonifier:
     def closed(self) -> bool:
         return self._closed
 
-    def wrap(self, optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
+    def wrap(self, optimizer: torch.optim.Optimizer,
+             scaler: torch.amp.GradScaler | None = None) -> torch.optim.Optimizer:
         """Listen to every ``optimizer.step()``: norms are read just before the update.
 
         Returns the same optimizer object (nothing is proxied); wrapping twice is a no-op.
+
+        With AMP, pass the ``GradScaler`` too: ``son.wrap(optimizer, scaler=scaler)``. The norms
+        are then the *unscaled* ones (``scaler.step`` unscales before calling ``optimizer.step``),
+        and a step the scaler skips because of inf/NaN gradients - where ``optimizer.step`` never
+        runs - is still heard, as an alarm on every layer (``record.skipped``).
         """
         if not isinstance(optimizer, torch.optim.Optimizer):
             raise ConfigTypeError(
                 f"wrap() takes a torch.optim.Optimizer, not {type(optimizer).__name__}")
+        if scaler is not None and not callable(getattr(scaler, "step", None)):
+            raise ConfigTypeError(
+                f"scaler must be a torch.amp.GradScaler, not {type(scaler).__name__}")
         self._check_open()
         if not any(h.optimizer() is optimizer for h in self._handles):
             handle = optimizer.register_step_pre_hook(self._pre_step_hook)
             self._handles.append(_Hook(handle, optimizer))
+        if scaler is not None and not any(isinstance(h, _ScalerHook) and h.scaler() is scaler
+                                          for h in self._handles):
+            self._handles.append(_ScalerHook(scaler, self))
         return optimizer
 
     def detach(self) -> None:
         """Remove every hook this sonifier registered. :meth:`step` still works by hand."""
         handles, self._handles = self._handles, []
         for h in handles:
-            h.handle.remove()
+            h.remove()
 
     def step(self) -> None:
         """Read the current gradients' norms and queue their sound (call after backward)."""
+        self._enqueue(skipped=False)
+
+    def _enqueue(self, skipped: bool) -> None:
         self._check_open()
-        pending = self._tap.collect(self._step)
+        worker = self._worker
+        assert worker is not None
+        pending = self._tap.collect(self._step, skipped)
         self._step += 1
-        assert self._worker is not None
-        self._worker.queue.put(pending)
-        if len(self._worker.errors) > self._reported:
+        if worker.is_alive():  # a dead worker would never drain a full queue
+            worker.queue.put(pending)
+        elif not worker.errors:
+            worker._fail("worker", RuntimeError("the gradsonic worker thread ended unexpectedly"))
+        if len(worker.errors) > self._reported:
             self._report()
 
     def flush(self) -> None:
@@ -376,3 +405,40 @@ class _Hook:
     def __init__(self, handle: Any, optimizer: torch.optim.Optimizer) -> None:
         self.handle = handle
         self.optimizer = weakref.ref(optimizer)
+
+    def remove(self) -> None:
+        self.handle.remove()
+
+
+class _ScalerHook:
+    """Shadows ``scaler.step`` on the instance to hear the steps the scaler skips.
+
+    After the real ``scaler.step(optimizer)`` returns, if the optimizer's step hook did not fire
+    (the scaler found inf/NaN and skipped the update), the sonifier reads the unscaled gradients
+    and queues the step marked ``skipped``. Holds the scaler and the sonifier weakly.
+    """
+
+    __slots__ = ("scaler", "original", "__weakref__")
+
+    def __init__(self, scaler: Any, son: "GradientSonifier") -> None:
+        self.scaler = weakref.ref(scaler)
+        self.original = scaler.step  # the bound method of the class
+        son_ref = weakref.ref(son)
+        original = self.original
+
+        def step(optimizer: Any, *args: Any, **kwargs: Any) -> Any:
+            sonifier = son_ref()
+            before = sonifier.steps if sonifier is not None else 0
+            out = original(optimizer, *args, **kwargs)
+            sonifier = son_ref()
+            if (sonifier is not None and not sonifier.closed and sonifier.steps == before
+                    and scaler.is_enabled()):
+                sonifier._enqueue(skipped=True)
+            return out
+
+        scaler.step = step
+
+    def remove(self) -> None:
+        scaler = self.scaler()
+        if scaler is not None and "step" in vars(scaler):
+            del scaler.step  # back to the class's method

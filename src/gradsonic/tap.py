@@ -12,6 +12,7 @@ followed by an event. Nothing on this path waits for the device: no ``.item()``,
 from __future__ import annotations
 
 import fnmatch
+import re
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
@@ -28,13 +29,15 @@ class StepRecord:
 
     ``norms`` is float32 ``[n_layers]`` in layer order; a layer with no gradient this step has
     ``missing[i] = True`` and ``norms[i] = nan``. ``nonfinite[i]`` marks a layer whose gradient norm
-    is NaN or +-Inf (it sounds as the alarm).
+    is NaN or +-Inf (it sounds as the alarm). ``skipped`` marks a step a ``GradScaler`` skipped
+    because of inf/NaN gradients: the whole step sounds as the alarm.
     """
 
     step: int
     norms: np.ndarray
     missing: np.ndarray
     layer_names: tuple[str, ...]
+    skipped: bool = False  # the optimizer did not apply this step (AMP found inf/NaN)
     nonfinite: np.ndarray = field(init=False)
 
     def __post_init__(self) -> None:
@@ -47,12 +50,18 @@ class Layer:
     weight: nn.Parameter
 
 
+_ORIG_MOD = re.compile(r"^(_orig_mod\.?)+")  # torch.compile's wrapper prefix
+
+
 def _has_weight(module: nn.Module) -> bool:
     return isinstance(getattr(module, "weight", None), nn.Parameter)
 
 
 def select_layers(model: nn.Module, layers: Sequence[Any] | None) -> list[Layer]:
     """Resolve ``layers`` (None, modules and/or name patterns) to ordered, distinct weights.
+
+    Names are those of ``model.named_modules()`` without the ``_orig_mod.`` prefix that
+    ``torch.compile`` adds, so a compiled model has the same layer names as the plain one.
 
     * ``None``: every submodule whose ``weight`` is a trainable Parameter, in registration order.
     * a module: must be ``model`` or inside it, and have a ``weight`` Parameter (it may be frozen:
@@ -62,7 +71,7 @@ def select_layers(model: nn.Module, layers: Sequence[Any] | None) -> list[Layer]
     """
     if not isinstance(model, nn.Module):
         raise ConfigTypeError(f"model must be a torch.nn.Module, not {type(model).__name__}")
-    named = list(model.named_modules())
+    named = [(_ORIG_MOD.sub("", n), m) for n, m in model.named_modules()]
     name_of = {id(m): n for n, m in named}
     chosen: list[Layer] = []
 
@@ -117,14 +126,15 @@ def select_layers(model: nn.Module, layers: Sequence[Any] | None) -> list[Layer]
 class PendingNorms:
     """Norms of one step on their way to the host; resolved on the worker thread."""
 
-    __slots__ = ("step", "parts", "missing", "layer_names")
+    __slots__ = ("step", "parts", "missing", "layer_names", "skipped")
 
     def __init__(self, step: int, parts: list[tuple[np.ndarray, torch.Tensor, Any]],
-                 missing: np.ndarray, layer_names: tuple[str, ...]) -> None:
+                 missing: np.ndarray, layer_names: tuple[str, ...], skipped: bool = False) -> None:
         self.step = step
         self.parts = parts
         self.missing = missing
         self.layer_names = layer_names
+        self.skipped = skipped
 
     def fill(self, row: np.ndarray) -> None:
         """Write this step's norms into ``row`` (NaN where missing), waiting for the device."""
@@ -137,18 +147,19 @@ class PendingNorms:
     def resolve(self) -> StepRecord:
         norms = np.empty(len(self.layer_names), dtype=np.float32)
         self.fill(norms)
-        return StepRecord(self.step, norms, self.missing, self.layer_names)
+        return StepRecord(self.step, norms, self.missing, self.layer_names, self.skipped)
 
 
-def resolve_block(pending: Sequence[PendingNorms]) -> tuple[np.ndarray, np.ndarray]:
-    """Norms ``[steps, layers]`` float32 and the missing mask of the same shape."""
+def resolve_block(pending: Sequence[PendingNorms]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Norms ``[steps, layers]`` float32, the missing mask of that shape, skipped ``[steps]``."""
     n_layers = len(pending[0].layer_names)
     norms = np.empty((len(pending), n_layers), dtype=np.float32)
     missing = np.empty((len(pending), n_layers), dtype=bool)
     for i, p in enumerate(pending):
         p.fill(norms[i])
         missing[i] = p.missing
-    return norms, missing
+    skipped = np.fromiter((p.skipped for p in pending), dtype=bool, count=len(pending))
+    return norms, missing, skipped
 
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
@@ -212,7 +223,7 @@ class NormTap:
         self._none_missing.setflags(write=False)
 
     @torch.no_grad()
-    def collect(self, step: int) -> PendingNorms:
+    def collect(self, step: int, skipped: bool = False) -> PendingNorms:
         grads = [w.grad for w in self._weights]
         if self._fast:
             for g in grads:
@@ -225,12 +236,14 @@ class NormTap:
                     else:
                         parts = [_to_host(pos, _norms([grads[i] for i in idx]))
                                  for pos, idx in self._groups]
-                    return PendingNorms(step, parts, self._none_missing, self.layer_names)
+                    return PendingNorms(step, parts, self._none_missing, self.layer_names,
+                                        skipped)
                 except RuntimeError:  # e.g. weights moved to other devices after attaching
                     self._fast = False
-        return self._collect_general(step, grads)
+        return self._collect_general(step, grads, skipped)
 
-    def _collect_general(self, step: int, grads: list[torch.Tensor | None]) -> PendingNorms:
+    def _collect_general(self, step: int, grads: list[torch.Tensor | None],
+                         skipped: bool) -> PendingNorms:
         missing = np.zeros(len(grads), dtype=bool)
         groups: dict[tuple[torch.device, torch.dtype], tuple[list[int], list[torch.Tensor]]] = {}
         for i, g in enumerate(grads):
@@ -249,4 +262,4 @@ class NormTap:
         parts = [_to_host(np.asarray(idx, dtype=np.intp),
                           vecs[0] if len(vecs) == 1 else torch.cat(vecs))
                  for idx, vecs in by_device.values()]
-        return PendingNorms(step, parts, missing, self.layer_names)
+        return PendingNorms(step, parts, missing, self.layer_names, skipped)

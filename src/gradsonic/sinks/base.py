@@ -18,7 +18,7 @@ class Sink:
     closed: bool = True  # class-level so close() works after a failed __init__
     #: How long (seconds) frames may wait before reaching this sink. The worker batches steps
     #: for the smallest ``max_delay`` among its sinks: longer batches cost training less.
-    max_delay: float = 0.25
+    max_delay: float = 0.1
 
     def open(self, sample_rate: int) -> None:
         """Called once by the sonifier before the first write, with its sample rate."""

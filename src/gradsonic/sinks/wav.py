@@ -2,9 +2,11 @@
 
 Written by hand (RIFF is simple) rather than through libsndfile so that the file is exactly a
 plain ``fmt ``/``fact``/``data`` WAV that every reader (scipy.io.wavfile included) opens without
-warnings, and so that the header is rewritten on a timer: after ``flush_interval`` seconds (1 s by
-default) the header and data are flushed to the OS and ``fsync``-ed, so a SIGKILL or power loss
-loses at most about that much of the latest audio. ``close()`` writes the final header.
+warnings, and so that the header is rewritten on a schedule: once ``flush_interval`` seconds (1 s
+by default) of wall time *or* of audio have passed since the last time, the header is updated and
+the file flushed and ``fsync``-ed. A SIGKILL or power loss therefore loses at most about one
+second of the latest audio, plus the steps the sonifier's worker had not yet received (it
+collects steps for up to ``max_delay`` = 0.1 s). ``close()`` writes the final header.
 
 Samples are float32 as rendered; for ``"pcm16"`` they are clipped to [-1, 1] and stored as
 ``round(x * 32767)``.
@@ -44,6 +46,8 @@ def check_writable(path: str | os.PathLike[str], what: str = "wav") -> Path:
         raise ConfigError(f"{what} must name a file, not the directory {str(path)!r}")
     if not p.parent.exists():
         raise ConfigError(f"{what}={str(path)!r}: directory {str(p.parent)!r} does not exist")
+    if not p.parent.is_dir():
+        raise ConfigError(f"{what}={str(path)!r}: {str(p.parent)!r} is not a directory")
     return p
 
 
@@ -61,7 +65,9 @@ class WavSink(Sink):
         self.sample_rate: int | None = None
         self.frames_written = 0
         try:
-            self._file = open(self.path, "wb")
+            # Unbuffered: every write is one syscall whose byte count we see, so after a failed
+            # (partial) write the header still covers exactly the frames that reached the file.
+            self._file = open(self.path, "wb", buffering=0)
         except OSError as e:
             raise ConfigError(f"wav={str(path)!r} cannot be opened for writing: {e}") from e
         self.closed = False
@@ -74,7 +80,11 @@ class WavSink(Sink):
 
     def open(self, sample_rate: int) -> None:
         self.sample_rate = int(sample_rate)
-        self._write_header()
+        try:
+            self._write_header()
+            self.flush()  # a valid (empty) WAV is on disk from the start
+        except OSError as e:
+            raise ConfigError(f"wav={str(self.path)!r} cannot be written: {e}") from e
 
     def _header(self) -> bytes:
         assert self.sample_rate is not None
@@ -115,9 +125,20 @@ class WavSink(Sink):
             data = np.round(np.clip(x, -1.0, 1.0) * 32767.0).astype("<i2").tobytes()
         else:
             data = x.astype("<f4", copy=False).tobytes()
-        self._file.write(data)
-        self.frames_written += x.size
-        if time.monotonic() - self._last_sync >= self.flush_interval:
+        bps = self._bytes_per_sample
+        view = memoryview(data)
+        written = 0
+        try:
+            while written < len(view):
+                n = self._file.write(view[written:])
+                if not n:
+                    raise OSError("write() wrote nothing")
+                written += n
+        finally:
+            self.frames_written += written // bps
+        if (time.monotonic() - self._last_sync >= self.flush_interval
+                or (self.frames_written - self._header_frames) >= self.flush_interval
+                * (self.sample_rate or 0)):
             self.flush()
 
     def flush(self) -> None:
@@ -125,7 +146,6 @@ class WavSink(Sink):
             return
         if self._header_frames != self.frames_written:
             self._write_header()
-        self._file.flush()
         os.fsync(self._file.fileno())
         self._last_sync = time.monotonic()
 
