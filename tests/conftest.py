@@ -3,6 +3,7 @@ from __future__ import annotations
 import gc
 import os
 import sys
+import tempfile
 import threading
 import weakref
 from pathlib import Path
@@ -11,6 +12,15 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED_MNIST = REPO.parent / "shared" / "data" / "mnist"
+
+# Real playback goes through PortAudio -> ALSA into ALSA's `file` plugin (see AUDIO_TESTING.md):
+# every sample that reaches the "device" lands in CAPTURE. It must be set before any PyAudio().
+AUDIO_DIR = Path(tempfile.mkdtemp(prefix="gradsonic-alsa-"))
+CAPTURE = AUDIO_DIR / "capture.raw"
+(AUDIO_DIR / "asound.conf").write_text(
+    'pcm.!default {\n type file\n slave.pcm { type null }\n'
+    f' file "{CAPTURE}"\n format "raw"\n}}\n')
+os.environ["ALSA_CONFIG_PATH"] = str(AUDIO_DIR / "asound.conf")
 
 # Test this checkout's code, also in child processes, whichever checkout pip installed.
 sys.path.insert(0, str(REPO / "src"))

@@ -50,12 +50,18 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     for name in names:
         preset = PRESETS[name]
         wav = out / f"{name}.wav"
+        live: Any = False
+        if args.live:
+            from .sinks.live import LiveSink
+
+            live = LiveSink(policy=args.live_policy)
+            print(f"{name}: {preset.listen_for}")
         update, close = _progress(args.steps, name, args.quiet)
         t0 = time.perf_counter()
         try:
             result = train_preset(preset, images, labels, steps=args.steps,
                                   seed=preset.seed_for(embedded), wav=wav, progress=update,
-                                  mapping=args.mapping, wav_format=args.format)
+                                  mapping=args.mapping, wav_format=args.format, live=live)
         finally:
             close()
         seconds = time.perf_counter() - t0
@@ -92,6 +98,11 @@ def build_parser() -> argparse.ArgumentParser:
                       "log = one octave per decade")
     demo.add_argument("--format", default="float32", choices=["float32", "pcm16"],
                       help="WAV sample format (float32)")
+    demo.add_argument("--live", action="store_true",
+                      help="also play through the speakers while training (needs the live extra)")
+    demo.add_argument("--live-policy", default="block", choices=["block", "drop", "sample"],
+                      help="block (default here): training waits for the sound, so you hear "
+                      "every step; drop: newest steps win; sample: whole steps, some skipped")
     demo.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     demo.set_defaults(func=_cmd_demo)
     return parser

@@ -26,7 +26,8 @@ from torch import nn
 from ._options import check_number
 from .errors import ConfigError, ConfigTypeError, GradsonicError, GradsonicWarning
 from .mapping import ALARM, SILENT, MappingLike, plan_tones, resolve_mapping
-from .sinks.base import Sink
+from .sinks.base import Sink, StepBlock
+from .sinks.live import LiveSink
 from .sinks.wav import WavFormat, WavSink
 from ._signals import install_sigterm_exit
 from .synth import Synth
@@ -149,9 +150,12 @@ class _Worker(threading.Thread):
         s.alarm_tones += int(alarms.sum())
         s.alarm_steps += int(alarms.any(axis=1).sum())
         s.silent_tones += int((kinds == SILENT).sum())
+        block = StepBlock(pending[0].step, len(pending), self.synth.step_samples(norms.shape[1]),
+                          self.synth.tone_samples,
+                          np.fromiter((p.time for p in pending), float, len(pending)))
         for sink in list(self.sinks):
             try:
-                sink.write(frames)
+                sink.write_steps(frames, block)
             except BaseException as e:
                 self._drop(sink, e)
 
@@ -201,6 +205,9 @@ class GradientSonifier:
             ``tone_duration`` s per layer, then ``silence_duration`` s (default 2 tone lengths).
         on_step: ``callable(record: StepRecord)``, called on the worker thread in step order.
         wav_format: ``"float32"`` (default) or ``"pcm16"``.
+        live: ``True`` to play through the speakers (PyAudio, policy ``"drop"``), or a
+            :class:`~gradsonic.sinks.live.LiveSink` for device, policy and latency. Without
+            PyAudio or an output device: one warning, and everything else goes on.
         sinks: more :class:`~gradsonic.sinks.base.Sink` objects to feed (closed with the sonifier).
         max_pending: steps that may wait for the worker before ``step()`` blocks (bounds memory).
         handle_sigterm: turn SIGTERM into ``SystemExit(143)`` so files are finalised (see
@@ -223,6 +230,7 @@ class GradientSonifier:
         amplitude: float = 0.1,
         on_step: Callable[[StepRecord], Any] | None = None,
         *,
+        live: bool | LiveSink = False,
         wav_format: str = "float32",
         sinks: Iterable[Sink] = (),
         max_pending: int = 4096,
@@ -241,10 +249,14 @@ class GradientSonifier:
             if not isinstance(s, Sink):
                 raise ConfigTypeError(
                     f"sinks must hold gradsonic.sinks.Sink objects, not {type(s).__name__}")
+        if not isinstance(live, (bool, LiveSink)):
+            raise ConfigTypeError(f"live must be True, False or a LiveSink, not {live!r}")
         out: list[Sink] = []
         try:
             if wav is not None:
                 out.append(WavSink(wav, format=wav_format))
+            if live is not False:
+                out.append(LiveSink() if live is True else live)
             out.extend(extra)
             for s in out:
                 s.open(self.synth.sample_rate)
@@ -255,7 +267,9 @@ class GradientSonifier:
                 except Exception:  # the original error is the one to report
                     pass
             raise
+        out = [s for s in out if not s.closed]  # e.g. live audio without a device: warned
         self.sinks = tuple(out)
+        max_pending = min([max_pending] + [s.max_pending for s in out if s.max_pending])
         self._handles = []
         self._step = 0
         self._reported = 0

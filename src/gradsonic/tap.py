@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import fnmatch
 import re
+import time
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
@@ -126,7 +127,7 @@ def select_layers(model: nn.Module, layers: Sequence[Any] | None) -> list[Layer]
 class PendingNorms:
     """Norms of one step on their way to the host; resolved on the worker thread."""
 
-    __slots__ = ("step", "parts", "missing", "layer_names", "skipped")
+    __slots__ = ("step", "parts", "missing", "layer_names", "skipped", "time")
 
     def __init__(self, step: int, parts: list[tuple[np.ndarray, torch.Tensor, Any]],
                  missing: np.ndarray, layer_names: tuple[str, ...], skipped: bool = False) -> None:
@@ -135,6 +136,7 @@ class PendingNorms:
         self.missing = missing
         self.layer_names = layer_names
         self.skipped = skipped
+        self.time = time.monotonic()
 
     def fill(self, row: np.ndarray) -> None:
         """Write this step's norms into ``row`` (NaN where missing), waiting for the device."""

@@ -7,9 +7,26 @@ manager. A sink that raises is reported once and dropped; the other sinks and tr
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from types import TracebackType
 
 import numpy as np
+
+
+@dataclass(frozen=True)
+class StepBlock:
+    """What a block of frames holds: ``count`` whole steps of ``step_frames`` each.
+
+    ``tone_frames`` is the length of one tone (tones start at multiples of it inside a step and
+    begin and end at zero, so a step can be cut there without a click); ``times`` are the
+    ``time.monotonic()`` instants of the optimizer steps.
+    """
+
+    first_step: int
+    count: int
+    step_frames: int
+    tone_frames: int
+    times: np.ndarray
 
 
 class Sink:
@@ -23,8 +40,15 @@ class Sink:
     def open(self, sample_rate: int) -> None:
         """Called once by the sonifier before the first write, with its sample rate."""
 
+    #: Steps the sonifier may queue ahead of this sink; a sink that paces training sets it low.
+    max_pending: int | None = None
+
     def write(self, frames: np.ndarray) -> None:
         raise NotImplementedError
+
+    def write_steps(self, frames: np.ndarray, block: StepBlock) -> None:
+        """Called by the worker with whole steps; sinks that care about steps override it."""
+        self.write(frames)
 
     def flush(self) -> None:
         """Make what was written so far durable/visible. Default: nothing to do."""
