@@ -1,34 +1,46 @@
 """Training-step overhead on CPU: the seed CNN bare, the original's way, and with gradsonic.
 
-    python benchmarks/overhead_cpu.py [--batch 10 64] [--rounds 30] [--block 40]
+    python benchmarks/overhead_cpu.py [--batch 10 64] [--rounds 40] [--block 40] [--smoke]
 
-Variants, each on its own copy of the model with the same batches:
+Variants, each on its own copy of the model with the same batches, timed in rotating order:
   bare       plain training steps
   original   the 2019 way: per-layer weight.grad.norm() read to the host one by one, each step
   gradsonic  GradientSonifier(wav=...) wrapped around the optimizer (tones rendered and streamed)
+  +live      the same plus live=LiveSink(policy="drop") on a device clocked at 44.1 kHz (a
+             thread pulling 256 frames every 5.8 ms, as PortAudio would); reports the measured
+             step-to-sound latency
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import statistics
+import sys
 import tempfile
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from _harness import environment, interleave, table
-from gradsonic import GradientSonifier
-from gradsonic.demo import SeedCNN, load_mnist
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for tests.fixtures.audio
+from _harness import environment, interleave, table  # noqa: E402
+
+from gradsonic import GradientSonifier  # noqa: E402
+from gradsonic.demo import SeedCNN, load_mnist  # noqa: E402
+from gradsonic.sinks import LiveSink  # noqa: E402
+from tests.fixtures.audio import ClockedStream, factory  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--batch", type=int, nargs="+", default=[10, 64])
-    p.add_argument("--rounds", type=int, default=30)
+    p.add_argument("--rounds", type=int, default=40)
     p.add_argument("--block", type=int, default=40, help="steps per timed block")
+    p.add_argument("--smoke", action="store_true", help="a few seconds, to prove the script runs")
     args = p.parse_args(argv)
+    if args.smoke:
+        args.batch, args.rounds, args.block = [10], 2, 5
     print(environment())
     x_all, y_all = load_mnist(None)
     tmp = Path(tempfile.mkdtemp())
@@ -37,10 +49,15 @@ def main(argv: list[str] | None = None) -> None:
                    for i in range(args.block)]
         torch.manual_seed(1)
         proto = SeedCNN()
-        models = {n: copy.deepcopy(proto) for n in ("bare", "original", "gradsonic")}
+        names = ("bare", "original", "gradsonic", "+live")
+        models = {n: copy.deepcopy(proto) for n in names}
         opts = {n: torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.5) for n, m in models.items()}
         son = GradientSonifier(models["gradsonic"], wav=tmp / f"bench{batch}.wav", mapping="seed")
         son.wrap(opts["gradsonic"])
+        live = LiveSink(policy="drop", stream_factory=factory(ClockedStream))
+        son_live = GradientSonifier(models["+live"], wav=tmp / f"live{batch}.wav", mapping="seed",
+                                    live=live)
+        son_live.wrap(opts["+live"])
         layers = models["original"].ordered_layers()
 
         def block(name: str):
@@ -55,14 +72,21 @@ def main(argv: list[str] | None = None) -> None:
                     opt.step()
             return run
 
-        variants = {n: block(n) for n in models}
+        variants = {n: block(n) for n in names}
         for run in variants.values():  # warm-up
             run()
         results = interleave(variants, args.rounds, "bare")
         son.close()
-        print(f"\nseed CNN, batch {batch}, {args.rounds} rounds x {args.block} steps "
-              f"({son.steps} sonified steps, {son.stats.frames} frames written)")
+        son_live.close()
+        print(f"\nseed CNN, batch {batch}, {args.rounds} rounds x {args.block} steps, "
+              "overhead = per-round time / bare time - 1")
         print(table(results, "bare", per=args.block))
+        lat = sorted(live.stats.latencies)
+        if lat:
+            print(f"live (drop): {live.stats.played_steps} steps played, "
+                  f"{live.stats.dropped_steps} dropped, {live.stats.truncated_steps} cut; "
+                  f"step-to-sound latency median {statistics.median(lat) * 1e3:.1f} ms, "
+                  f"p95 {lat[int(0.95 * (len(lat) - 1))] * 1e3:.1f} ms, max {lat[-1] * 1e3:.1f} ms")
 
 
 if __name__ == "__main__":

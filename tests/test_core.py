@@ -17,7 +17,7 @@ from torch import nn
 from gradsonic import GradientSonifier, MemorySink, StepRecord
 from gradsonic.synth import Synth
 
-from .fixtures.models import TinyMLP, TwoHeads, batch, train_steps
+from .fixtures.models import TinyMLP, TwoHeads, batch, train_heads, train_steps
 
 FS = 44100
 TONE = 441
@@ -112,11 +112,7 @@ def test_missing_gradient_is_silence_and_recorded_missing():
     records = []
     mem = MemorySink()
     with make(model, wav=None, sinks=[mem], on_step=records.append) as son:
-        opt = son.wrap(torch.optim.SGD(model.parameters(), lr=0.1))
-        for head in ("left", "left"):
-            opt.zero_grad(set_to_none=True)
-            model(torch.randn(5, 4), head=head).sum().backward()
-            opt.step()
+        train_heads(model, son.wrap(torch.optim.SGD(model.parameters(), lr=0.1)), ["left", "left"])
         son.flush()
         assert son.stats.silent_tones == 2
     assert son.layer_names == ("trunk", "left", "right")

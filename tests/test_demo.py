@@ -138,3 +138,12 @@ def test_import_gradsonic_pulls_no_optional_dependency():
             "'lightning', 'transformers', 'scipy') if m in sys.modules]; print(bad)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_benchmark_suite_smoke_run():
+    """Proves the benchmark scripts run (a few seconds); the numbers live in RESULTS.md."""
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "run_all.py"), "--smoke"],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    for heading in ("| gradsonic, 64 steps per render |", "| gradsonic |", "| WAV sink"):
+        assert heading in proc.stdout

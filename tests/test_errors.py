@@ -37,6 +37,8 @@ from .fixtures.models import TinyMLP
     ({"wav": "."}, ValueError, r"wav must name a file, not the directory '.'"),
     ({"sinks": [object()]}, TypeError, r"sinks must hold gradsonic.sinks.Sink objects"),
     ({"max_pending": 0}, ValueError, r"max_pending must be an integer >= 1, not 0"),
+    ({"handle_sigterm": "yes"}, TypeError, r"handle_sigterm must be True or False, not 'yes'"),
+    ({"live": "yes"}, TypeError, r"live must be True, False or a LiveSink, not 'yes'"),
 ])
 def test_bad_constructor_arguments(kwargs, exc, match):
     kwargs.setdefault("wav", None)

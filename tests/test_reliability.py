@@ -24,7 +24,7 @@ from gradsonic import GradientSonifier, GradsonicWarning, MemorySink, Sink
 from gradsonic.synth import Synth
 
 from .conftest import REPO
-from .fixtures.models import TinyMLP, TwoHeads, batch, train_steps
+from .fixtures.models import TinyMLP, TwoHeads, batch, train_heads, train_steps
 
 CHILD = REPO / "tests" / "child_train.py"
 TWO_LAYER_STEP = 2 * 441 + 2 * 441
@@ -290,11 +290,8 @@ def test_zeroing_to_zeros_instead_of_none_sounds_as_the_lowest_pitch_not_silence
     model = TwoHeads()
     records = []
     with GradientSonifier(model, wav=None, on_step=records.append) as son:
-        opt = son.wrap(torch.optim.SGD(model.parameters(), lr=0.1))
-        for head in ("right", "left"):
-            opt.zero_grad(set_to_none=False)
-            model(torch.randn(5, 4), head=head).sum().backward()
-            opt.step()
+        train_heads(model, son.wrap(torch.optim.SGD(model.parameters(), lr=0.1)),
+                    ["right", "left"], set_to_none=False)
         son.flush()
     assert records[0].missing.tolist() == [False, True, False]  # never had a gradient yet
     assert records[1].missing.tolist() == [False, False, False]

@@ -249,6 +249,8 @@ class GradientSonifier:
             if not isinstance(s, Sink):
                 raise ConfigTypeError(
                     f"sinks must hold gradsonic.sinks.Sink objects, not {type(s).__name__}")
+        if not isinstance(handle_sigterm, bool):
+            raise ConfigTypeError(f"handle_sigterm must be True or False, not {handle_sigterm!r}")
         if not isinstance(live, (bool, LiveSink)):
             raise ConfigTypeError(f"live must be True, False or a LiveSink, not {live!r}")
         out: list[Sink] = []
