@@ -67,7 +67,6 @@ class Synth:
             env[:fade] = ramp
             env[-fade:] = ramp[::-1]
         self.fade_samples = fade
-        self._env = env
         self._amp_env = (self.amplitude * env).astype(np.float32)
         self._n_over_fs = np.arange(self.tone_samples, dtype=np.float64) / self.sample_rate
         noise = np.random.default_rng(ALARM_SEED).uniform(-1.0, 1.0, self.tone_samples)

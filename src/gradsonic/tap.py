@@ -5,8 +5,8 @@ The training thread calls :meth:`NormTap.collect` once per optimizer step. It is
 vector per device and, on CUDA, starts an asynchronous copy of that vector into pinned host memory
 followed by an event. Nothing on this path waits for the device: no ``.item()``, ``.numpy()``,
 ``float()`` or ``.cpu()`` of a CUDA tensor. The sonifier's worker thread later calls
-:meth:`PendingNorms.resolve`, which waits on the event (off the training thread) and yields a
-:class:`StepRecord`.
+:func:`resolve_block`, which waits on the events (off the training thread) and gives the norms
+of many steps as one array (and :class:`StepRecord` objects for ``on_step``).
 """
 
 from __future__ import annotations
@@ -145,11 +145,6 @@ class PendingNorms:
             if event is not None:
                 event.synchronize()
             row[positions] = values.numpy()
-
-    def resolve(self) -> StepRecord:
-        norms = np.empty(len(self.layer_names), dtype=np.float32)
-        self.fill(norms)
-        return StepRecord(self.step, norms, self.missing, self.layer_names, self.skipped)
 
 
 def resolve_block(pending: Sequence[PendingNorms]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
