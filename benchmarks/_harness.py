@@ -46,8 +46,16 @@ def interleave(variants: dict[str, Callable[[], None]], rounds: int, baseline: s
     return results
 
 
-def table(results: dict[str, Result], baseline: str, per: int, unit: str = "step") -> str:
+def table(results: dict[str, Result], baseline: str, per: int, unit: str = "step",
+          ratios: bool = True) -> str:
     """Rows of: variant, median time per unit, overhead vs baseline (median, min-max of rounds)."""
+    if not ratios:
+        lines = [f"| variant | median ms/{unit} | min .. max ms/{unit} of rounds |", "| --- | --- | --- |"]
+        for name, res in results.items():
+            lo, mid, hi = (x / per * 1e3 for x in (min(res.seconds), statistics.median(res.seconds),
+                                                    max(res.seconds)))
+            lines.append(f"| {name} | {mid:.3f} | {lo:.3f} .. {hi:.3f} |")
+        return "\n".join(lines)
     base = results[baseline].seconds
     lines = [f"| variant | median ms/{unit} | overhead vs {baseline} (median) | min .. max of rounds |",
              "| --- | --- | --- | --- |"]

