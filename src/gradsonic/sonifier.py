@@ -183,6 +183,14 @@ class _Worker(threading.Thread):
         self.sinks = []
 
 
+def _process_rank() -> int:
+    """This process's rank under torch.distributed (0 when not distributed)."""
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank()
+    return 0
+
+
 def _stop_worker(worker: _Worker) -> None:
     """Drain and stop a worker; runs from close(), at garbage collection, or at exit."""
     if worker.is_alive():
@@ -212,9 +220,12 @@ class GradientSonifier:
         max_pending: steps that may wait for the worker before ``step()`` blocks (bounds memory).
         handle_sigterm: turn SIGTERM into ``SystemExit(143)`` so files are finalised (see
             :mod:`gradsonic._signals`); only when SIGTERM still has its default action.
+        rank: under torch.distributed, the one rank that makes sound and files (0); the others
+            stay silent and cost nothing. ``None``: every process sounds its own gradients.
     """
 
     _worker: _Worker | None = None
+    _inert = False
     _closed = True
     _handles: list[Any] = []
 
@@ -235,6 +246,7 @@ class GradientSonifier:
         sinks: Iterable[Sink] = (),
         max_pending: int = 4096,
         handle_sigterm: bool = True,
+        rank: int | None = 0,
     ) -> None:
         self.mapping = resolve_mapping(mapping)
         self.synth = Synth(sample_rate, tone_duration, silence_duration, amplitude)
@@ -249,10 +261,24 @@ class GradientSonifier:
             if not isinstance(s, Sink):
                 raise ConfigTypeError(
                     f"sinks must hold gradsonic.sinks.Sink objects, not {type(s).__name__}")
+        if rank is not None and (isinstance(rank, bool) or not isinstance(rank, int) or rank < 0):
+            raise ConfigError(f"rank must be a process rank (int >= 0) or None, not {rank!r}")
         if not isinstance(handle_sigterm, bool):
             raise ConfigTypeError(f"handle_sigterm must be True or False, not {handle_sigterm!r}")
         if not isinstance(live, (bool, LiveSink)):
             raise ConfigTypeError(f"live must be True, False or a LiveSink, not {live!r}")
+        self._handles = []
+        self._step = 0
+        self._reported = 0
+        if rank is not None and _process_rank() != rank:
+            # Under torch.distributed, one rank sounds the run (gradients are identical on every
+            # rank after DDP's all-reduce); the others do nothing at all: no thread, no file,
+            # no hook, no collective.
+            self.sinks = ()
+            self._inert = True
+            self._closed = False
+            self._finalizer = lambda: None
+            return
         out: list[Sink] = []
         try:
             if wav is not None:
@@ -272,9 +298,6 @@ class GradientSonifier:
         out = [s for s in out if not s.closed]  # e.g. live audio without a device: warned
         self.sinks = tuple(out)
         max_pending = min([max_pending] + [s.max_pending for s in out if s.max_pending])
-        self._handles = []
-        self._step = 0
-        self._reported = 0
         self._worker = _Worker(self.mapping, self.synth, out, on_step, max_pending)
         self._worker.start()
         self._closed = False
@@ -300,8 +323,12 @@ class GradientSonifier:
     @property
     def stats(self) -> Stats:
         """Worker counters (steps rendered, alarms, silences); exact after :meth:`flush`."""
-        assert self._worker is not None
-        return self._worker.stats
+        return self._worker.stats if self._worker is not None else Stats()
+
+    @property
+    def active(self) -> bool:
+        """False on the ranks of a distributed run that stay silent (see ``rank``)."""
+        return not self._inert
 
     @property
     def closed(self) -> bool:
@@ -325,6 +352,8 @@ class GradientSonifier:
             raise ConfigTypeError(
                 f"scaler must be a torch.amp.GradScaler, not {type(scaler).__name__}")
         self._check_open()
+        if self._inert:
+            return optimizer
         if not any(h.optimizer() is optimizer for h in self._handles):
             handle = optimizer.register_step_pre_hook(self._pre_step_hook)
             self._handles.append(_Hook(handle, optimizer))
@@ -345,6 +374,8 @@ class GradientSonifier:
 
     def _enqueue(self, skipped: bool) -> None:
         self._check_open()
+        if self._inert:
+            return
         worker = self._worker
         assert worker is not None
         pending = self._tap.collect(self._step, skipped)
@@ -359,6 +390,8 @@ class GradientSonifier:
     def flush(self) -> None:
         """Wait until every queued step is rendered and the sinks are flushed."""
         self._check_open()
+        if self._inert:
+            return
         self._command("flush")
         self._report()
 

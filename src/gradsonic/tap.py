@@ -72,6 +72,10 @@ def select_layers(model: nn.Module, layers: Sequence[Any] | None) -> list[Layer]
     """
     if not isinstance(model, nn.Module):
         raise ConfigTypeError(f"model must be a torch.nn.Module, not {type(model).__name__}")
+    from torch.nn.parallel import DataParallel, DistributedDataParallel
+
+    while isinstance(model, (DataParallel, DistributedDataParallel)):
+        model = model.module  # layer names as in the plain model, without "module."
     named = [(_ORIG_MOD.sub("", n), m) for n, m in model.named_modules()]
     name_of = {id(m): n for n, m in named}
     chosen: list[Layer] = []

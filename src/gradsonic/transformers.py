@@ -1,0 +1,51 @@
+"""Hugging Face transformers: ``Trainer(..., callbacks=[SonifierCallback(wav="run.wav")])``.
+
+Needs ``pip install 'gradsonic[transformers]'`` (transformers with the ``on_pre_optimizer_step``
+event, 4.41 or newer). Norms are read in ``on_pre_optimizer_step``: once per optimizer step (one
+sound per step under gradient accumulation), after gradient clipping, just before
+``optimizer.step()``. Only the main process (``state.is_world_process_zero``) makes sound and
+files. The sonifier is closed at ``on_train_end``; if training raises, it is closed when the
+process exits (or the callback is garbage collected).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+try:
+    from transformers import TrainerCallback
+except ModuleNotFoundError as e:
+    raise ModuleNotFoundError(
+        "gradsonic.transformers needs transformers: pip install 'gradsonic[transformers]'") from e
+
+from .sonifier import GradientSonifier
+
+if not hasattr(TrainerCallback, "on_pre_optimizer_step"):
+    import transformers as _tf
+
+    raise ImportError(f"gradsonic.transformers needs transformers >= 4.41 (the "
+                      f"on_pre_optimizer_step event); this is {_tf.__version__}")
+
+
+class SonifierCallback(TrainerCallback):
+    """Listen to a ``transformers.Trainer`` run. Takes :class:`GradientSonifier`'s arguments."""
+
+    def __init__(self, wav: str | os.PathLike[str] | None = "run.wav", layers: Any = None,
+                 mapping: Any = "log", **kwargs: Any) -> None:
+        self.kwargs = dict(wav=wav, layers=layers, mapping=mapping, **kwargs)
+        self.sonifier: GradientSonifier | None = None
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None,
+                       **kwargs: Any) -> None:
+        if state.is_world_process_zero and self.sonifier is None and model is not None:
+            self.sonifier = GradientSonifier(model, rank=None, **self.kwargs)
+
+    def on_pre_optimizer_step(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if self.sonifier is not None:
+            self.sonifier.step()
+
+    def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        sonifier, self.sonifier = self.sonifier, None
+        if sonifier is not None:
+            sonifier.close()
