@@ -126,33 +126,40 @@ def test_transformers_callback_on_a_tiny_gpt2_built_from_a_config(tmp_path):
     assert soundfile.info(str(tmp_path / "hf.wav")).frames == 4 * 4 * TONE
 
 
+def torchrun(script, *args, cwd) -> subprocess.CompletedProcess:
+    launcher = shutil.which("torchrun") or f"{sys.executable} -m torch.distributed.run"
+    cmd = [*launcher.split(), "--standalone", "--nproc_per_node", "2", str(script), *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=cwd)
+
+
+def single_process_norms(steps: int) -> list[list[float]]:
+    """The distributed examples' training on one process with the whole global batch."""
+    sys.path.insert(0, str(REPO / "examples"))
+    try:
+        example = importlib.import_module("ddp_torchrun")
+    finally:
+        sys.path.pop(0)
+    model = example.make_model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    norms = []
+    for step in range(steps):
+        x, y = example.global_batch(step)
+        opt.zero_grad()
+        nn.functional.mse_loss(model(x), y).backward()
+        norms.append([m.weight.grad.norm().item() for m in model if isinstance(m, nn.Linear)])
+        opt.step()
+    return norms
+
+
 def test_ddp_under_torchrun_rank_zero_alone_sounds_the_single_process_norms(tmp_path):
-    torchrun = shutil.which("torchrun") or f"{sys.executable} -m torch.distributed.run"
-    cmd = [*torchrun.split(), "--standalone", "--nproc_per_node", "2",
-           str(REPO / "examples" / "ddp_torchrun.py"), "--out", str(tmp_path / "ddp"), "--steps", "4"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    proc = torchrun(REPO / "examples" / "ddp_torchrun.py", "--out", str(tmp_path / "ddp"),
+                    "--steps", "4", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "rank 0/2: sound and files" in proc.stdout and "rank 1/2: silent" in proc.stdout
     assert sorted(p.name for p in (tmp_path / "ddp").iterdir()) == ["ddp.wav", "norms.npy"]
     assert soundfile.info(str(tmp_path / "ddp" / "ddp.wav")).frames == 4 * 5 * TONE
     heard = np.load(tmp_path / "ddp" / "norms.npy")
-
-    # the same training on one process with the whole global batch
-    sys.path.insert(0, str(REPO / "examples"))
-    try:
-        ddp_example = importlib.import_module("ddp_torchrun")
-    finally:
-        sys.path.pop(0)
-    model = ddp_example.make_model()
-    opt = torch.optim.SGD(model.parameters(), lr=0.05)
-    expected = []
-    for step in range(4):
-        x, y = ddp_example.global_batch(step)
-        opt.zero_grad()
-        nn.functional.mse_loss(model(x), y).backward()
-        expected.append([m.weight.grad.norm().item() for m in model if isinstance(m, nn.Linear)])
-        opt.step()
-    np.testing.assert_allclose(heard, expected, rtol=1e-5)
+    np.testing.assert_allclose(heard, single_process_norms(4), rtol=1e-5)
 
 
 def test_silent_rank_does_nothing(monkeypatch):
@@ -171,3 +178,13 @@ def test_silent_rank_does_nothing(monkeypatch):
     assert not os.path.exists("never.wav")
     with GradientSonifier(model, wav="mine.wav", rank=1) as son:  # this rank was chosen
         assert son.active
+
+
+def test_fsdp2_sharded_norms_equal_an_unsharded_run(tmp_path):
+    proc = torchrun(REPO / "tests" / "fsdp_child.py", str(tmp_path), "4", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "rank 0: sound" in proc.stdout and "rank 1: silent" in proc.stdout
+    assert sorted(p.name for p in tmp_path.iterdir() if p.suffix in (".wav", ".npy")) == [
+        "fsdp.wav", "norms.npy"]
+    heard = np.load(tmp_path / "norms.npy")
+    np.testing.assert_allclose(heard, single_process_norms(4), rtol=1e-5)

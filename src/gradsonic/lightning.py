@@ -3,8 +3,8 @@
 Needs ``pip install 'gradsonic[lightning]'``. Norms are read in ``on_before_optimizer_step``, which
 Lightning calls once per optimizer step (so gradient accumulation gives one sound per step), after
 the AMP precision plugin has unscaled the gradients and after gradient clipping. Only the global
-rank 0 process makes sound and files; the sonifier is closed at the end of ``fit`` and when
-training raises.
+rank 0 process makes sound and files (the callback runs on every rank so that sharded strategies'
+norms can be all-reduced); the sonifier is closed at the end of ``fit`` and when training raises.
 """
 
 from __future__ import annotations
@@ -34,8 +34,8 @@ class SonifierCallback(pl.Callback):
         self.sonifier: GradientSonifier | None = None
 
     def on_fit_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
-        if trainer.is_global_zero and self.sonifier is None:
-            self.sonifier = GradientSonifier(pl_module, rank=None, **self.kwargs)
+        if self.sonifier is None:  # on every rank: rank 0 sounds, the others stay silent
+            self.sonifier = GradientSonifier(pl_module, **self.kwargs)
 
     def on_before_optimizer_step(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule",
                                  optimizer: Any) -> None:

@@ -226,6 +226,7 @@ class GradientSonifier:
 
     _worker: _Worker | None = None
     _inert = False
+    _last_pending: PendingNorms | None = None
     _closed = True
     _handles: list[Any] = []
 
@@ -352,7 +353,7 @@ class GradientSonifier:
             raise ConfigTypeError(
                 f"scaler must be a torch.amp.GradScaler, not {type(scaler).__name__}")
         self._check_open()
-        if self._inert:
+        if self._inert and not self._tap.sharded:
             return optimizer
         if not any(h.optimizer() is optimizer for h in self._handles):
             handle = optimizer.register_step_pre_hook(self._pre_step_hook)
@@ -375,6 +376,12 @@ class GradientSonifier:
     def _enqueue(self, skipped: bool) -> None:
         self._check_open()
         if self._inert:
+            if self._tap.sharded:  # silent, but the all-reduce needs every rank
+                pending = self._tap.collect(self._step, skipped)
+                self._step += 1
+                if self._last_pending is not None:
+                    self._last_pending.wait()  # done by now: one step later
+                self._last_pending = pending
             return
         worker = self._worker
         assert worker is not None
@@ -402,6 +409,9 @@ class GradientSonifier:
         self._closed = True
         try:
             self.detach()
+            if self._last_pending is not None:
+                self._last_pending.wait()
+                self._last_pending = None
         finally:
             self._finalizer()
             self._report()

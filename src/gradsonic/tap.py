@@ -145,10 +145,19 @@ class PendingNorms:
     def fill(self, row: np.ndarray) -> None:
         """Write this step's norms into ``row`` (NaN where missing), waiting for the device."""
         row.fill(np.nan)
-        for positions, values, event in self.parts:
+        for positions, values, event, work in self.parts:
+            if work is not None:  # sharded gradients: the all-reduce of squared local norms
+                work.wait()
+                values = values.sqrt()
             if event is not None:
                 event.synchronize()
             row[positions] = values.numpy()
+
+    def wait(self) -> None:
+        """Complete this step's collectives (silent ranks of a sharded run call this)."""
+        for _, _, _, work in self.parts:
+            if work is not None:
+                work.wait()
 
 
 def resolve_block(pending: Sequence[PendingNorms]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -196,17 +205,26 @@ def _dense(g: torch.Tensor) -> torch.Tensor:
     return g.coalesce().values() if g.is_sparse else g
 
 
-def _to_host(positions: np.ndarray, vec: torch.Tensor) -> tuple[np.ndarray, torch.Tensor, Any]:
+def _to_host(positions: np.ndarray, vec: torch.Tensor, work: Any = None
+             ) -> tuple[np.ndarray, torch.Tensor, Any, Any]:
     """Start moving a norm vector to the host without waiting for the device."""
     event = None
     if vec.device.type == "cuda":
         host = vec.to("cpu", non_blocking=True)  # lands in pinned memory
         event = torch.cuda.Event()
         event.record(torch.cuda.current_stream(vec.device))
-        return positions, host, event
+        return positions, host, event, work
     if vec.device.type != "cpu":
         vec = vec.to("cpu")  # other backends: a plain copy
-    return positions, vec, event
+    return positions, vec, event, work
+
+
+def _dtensor_type() -> Any:
+    try:
+        from torch.distributed.tensor import DTensor
+    except ImportError:  # torch < 2.4 or no distributed support
+        return None
+    return DTensor
 
 
 class NormTap:
@@ -252,9 +270,15 @@ class NormTap:
         self._fast = True
         self._none_missing = np.zeros(len(layers), dtype=bool)
         self._none_missing.setflags(write=False)
+        dtensor = _dtensor_type()
+        #: FSDP2 (fully_shard) / DTensor weights: every rank holds a shard of each gradient
+        self.sharded = dtensor is not None and any(isinstance(w, dtensor) for w in self._weights)
+        self._dtensor = dtensor
 
     @torch.no_grad()
     def collect(self, step: int, skipped: bool = False) -> PendingNorms:
+        if self.sharded:
+            return self._collect_sharded(step, skipped)
         grads = [w.grad for w in self._weights]
         if self._fast:
             for g in grads:
@@ -271,6 +295,45 @@ class NormTap:
                 except RuntimeError:  # sparse gradients, weights moved across devices, ...
                     self._fast = False
         return self._collect_general(step, grads, skipped)
+
+    def _collect_sharded(self, step: int, skipped: bool) -> PendingNorms:
+        """Sharded gradients: norm = sqrt(sum over ranks of local squared norms).
+
+        One fused norm over the local shards, one asynchronous all-reduce of an
+        ``[n_layers]`` vector. Every rank must call this at the same step (the sonifier's
+        silent ranks do). Replicated (non-sharded) gradients are divided by the world size
+        first so that the sum counts them once.
+        """
+        import torch.distributed as dist
+
+        grads = [w.grad for w in self._weights]
+        missing = np.fromiter((g is None for g in grads), dtype=bool, count=len(grads))
+        present = [i for i, g in enumerate(grads) if g is not None]
+        if not present:
+            return PendingNorms(step, [], missing, self.layer_names, skipped)
+        locals_, replicated = [], []
+        for i in present:
+            g = grads[i]
+            if isinstance(g, self._dtensor):
+                sharded = any(p.is_shard() for p in g.placements)
+                g = g.to_local()
+            else:
+                sharded = False
+            locals_.append(g)
+            replicated.append(not sharded)
+        sq = _norms(locals_).square()
+        if any(replicated):
+            scale = torch.tensor([1.0 / dist.get_world_size() if r else 1.0 for r in replicated],
+                                 dtype=sq.dtype).to(sq.device, non_blocking=True)
+            sq = sq * scale
+        work = dist.all_reduce(sq, op=dist.ReduceOp.SUM, async_op=True)
+        positions = np.asarray(present, dtype=np.intp)
+        if sq.device.type == "cuda":
+            work.wait()  # orders the current stream after the all-reduce; the host goes on
+            return PendingNorms(step, [_to_host(positions, sq.sqrt())], missing,
+                                self.layer_names, skipped)
+        return PendingNorms(step, [_to_host(positions, sq, work)], missing, self.layer_names,
+                            skipped)
 
     def _collect_general(self, step: int, grads: list[torch.Tensor | None],
                          skipped: bool) -> PendingNorms:

@@ -3,8 +3,8 @@
 Needs ``pip install 'gradsonic[transformers]'`` (transformers with the ``on_pre_optimizer_step``
 event, 4.41 or newer). Norms are read in ``on_pre_optimizer_step``: once per optimizer step (one
 sound per step under gradient accumulation), after gradient clipping, just before
-``optimizer.step()``. Only the main process (``state.is_world_process_zero``) makes sound and
-files. The sonifier is closed at ``on_train_end``; if training raises, it is closed when the
+``optimizer.step()``. Only rank 0 makes sound and files (the callback runs on every rank so
+that sharded models' norms can be all-reduced). The sonifier is closed at ``on_train_end``; if training raises, it is closed when the
 process exits (or the callback is garbage collected).
 """
 
@@ -38,8 +38,8 @@ class SonifierCallback(TrainerCallback):
 
     def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None,
                        **kwargs: Any) -> None:
-        if state.is_world_process_zero and self.sonifier is None and model is not None:
-            self.sonifier = GradientSonifier(model, rank=None, **self.kwargs)
+        if self.sonifier is None and model is not None:  # rank 0 sounds, the others are silent
+            self.sonifier = GradientSonifier(model, **self.kwargs)
 
     def on_pre_optimizer_step(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if self.sonifier is not None:
