@@ -123,6 +123,8 @@ def test_demo_rejects_non_positive_steps(capsys):
 @pytest.mark.parametrize("script, args, wav", [
     ("mnist_cnn.py", ["--preset", "sgd-lr0.01", "--steps", "4"], "sgd-lr0.01.wav"),
     ("plain_loop.py", ["--steps", "20", "--wav", "plain.wav"], "plain.wav"),
+    ("lightning_example.py", ["--steps", "10", "--wav", "pl.wav"], "pl.wav"),
+    ("hf_trainer_example.py", ["--steps", "4", "--wav", "hf.wav"], "hf.wav"),
 ])
 def test_examples_run(script, args, wav, tmp_path):
     path = REPO / "examples" / script
