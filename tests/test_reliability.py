@@ -370,3 +370,22 @@ def test_nothing_keeps_the_model_or_optimizer_alive():
         refs[3].join(timeout=10)  # an unclosed sonifier is finalised when collected
         assert not refs[3].is_alive()
         assert soundfile.info("gc.wav").frames == 3 * (3 * 441 + 2 * 441)
+
+
+def test_a_run_longer_than_one_wav_goes_on_in_numbered_files(monkeypatch):
+    from gradsonic.sinks.wav import WavSink
+
+    step = 3 * 441 + 2 * 441
+    monkeypatch.setattr(WavSink, "max_data_bytes", 4 * step * 7)  # 7 steps per file, not 4 GiB
+    model = TinyMLP()
+    mem = MemorySink()
+    with GradientSonifier(model, wav="long.wav", sinks=[mem]) as son:
+        opt = son.wrap(torch.optim.SGD(model.parameters(), lr=0.01))
+        for _ in range(10):
+            train_steps(model, opt, steps=2)
+            son.flush()  # one block per 2 steps
+    paths = son.sinks[0].paths
+    assert [p.name for p in paths] == ["long.wav", "long-002.wav", "long-003.wav", "long-004.wav"]
+    parts = [scipy.io.wavfile.read(p)[1] for p in paths]
+    assert [part.size / step for part in parts] == [6, 6, 6, 2]  # whole 2-step blocks per file
+    np.testing.assert_array_equal(np.concatenate(parts), mem.frames)  # nothing lost or doubled

@@ -4,7 +4,9 @@ Written by hand (RIFF is simple) rather than through libsndfile so that the file
 plain ``fmt ``/``fact``/``data`` WAV that every reader (scipy.io.wavfile included) opens without
 warnings, and so that the header is rewritten on a schedule: once ``flush_interval`` seconds (1 s
 by default) of wall time *or* of audio have passed since the last time, the header is updated and
-the file flushed and ``fsync``-ed. A SIGKILL or power loss therefore loses at most about one
+the file flushed and ``fsync``-ed. A WAV holds at most 4 GiB (~6.7 h of float32 audio at 44.1 kHz):
+a longer run goes on in ``run-002.wav``, ``run-003.wav``, ... (each a complete WAV of whole steps;
+``sink.paths`` lists them). A SIGKILL or power loss therefore loses at most about one
 second of the latest audio, plus the steps the sonifier's worker had not yet received (it
 collects steps for up to ``max_delay`` = 0.1 s). ``close()`` writes the final header.
 
@@ -55,6 +57,8 @@ class WavSink(Sink):
     """Streams frames to a WAV file while training runs."""
 
     _file: BinaryIO | None = None
+    #: A RIFF file holds at most 4 GiB; a longer run continues in run-002.wav, run-003.wav, ...
+    max_data_bytes: int = _MAX_DATA_BYTES
 
     def __init__(self, path: str | os.PathLike[str], format: str = "float32",
                  flush_interval: float = 1.0) -> None:
@@ -63,16 +67,35 @@ class WavSink(Sink):
         self.flush_interval = check_number(flush_interval, "flush_interval (seconds)",
                                            allow_low=True)
         self.sample_rate: int | None = None
-        self.frames_written = 0
+        self.frames_written = 0  # in the current file
+        self.total_frames = 0  # in all files
+        self.paths = [self.path]  # every file written, in order
         try:
-            # Unbuffered: every write is one syscall whose byte count we see, so after a failed
-            # (partial) write the header still covers exactly the frames that reached the file.
-            self._file = open(self.path, "wb", buffering=0)
+            self._file = self._open(self.path)
         except OSError as e:
             raise ConfigError(f"wav={str(path)!r} cannot be opened for writing: {e}") from e
         self.closed = False
         self._last_sync = time.monotonic()
         self._header_frames = -1
+
+    @staticmethod
+    def _open(path: Path) -> BinaryIO:
+        # Unbuffered: every write is one syscall whose byte count we see, so after a failed
+        # (partial) write the header still covers exactly the frames that reached the file.
+        return open(path, "wb", buffering=0)
+
+    def _roll(self) -> None:
+        """Finish this file (final header) and go on in the next one: run-002.wav, ..."""
+        assert self._file is not None
+        self._write_header()
+        self._file.close()
+        self._file = None
+        path = self.path.with_name(f"{self.path.stem}-{len(self.paths) + 1:03d}{self.path.suffix}")
+        self._file = self._open(path)
+        self.paths.append(path)
+        self.frames_written = 0
+        self._header_frames = -1
+        self._write_header()
 
     @property
     def _bytes_per_sample(self) -> int:
@@ -116,16 +139,15 @@ class WavSink(Sink):
         if self._file is None or self.closed:
             return
         x = np.asarray(frames, dtype=np.float32)
-        new_bytes = (self.frames_written + x.size) * self._bytes_per_sample
-        if new_bytes > _MAX_DATA_BYTES:
-            raise SinkError(f"{str(self.path)!r} is full: a WAV file holds at most 4 GiB of data "
-                            f"({_MAX_DATA_BYTES // self._bytes_per_sample} frames); use "
-                            "format='pcm16' or a shorter run per file")
+        bps = self._bytes_per_sample
+        if self.frames_written and (self.frames_written + x.size) * bps > self.max_data_bytes:
+            self._roll()  # blocks hold whole steps, so every file holds whole steps
+        if x.size * bps > _MAX_DATA_BYTES:
+            raise SinkError(f"a block of {x.size} frames does not fit in one WAV file")
         if self.format is WavFormat.PCM16:
             data = np.round(np.clip(x, -1.0, 1.0) * 32767.0).astype("<i2").tobytes()
         else:
             data = x.astype("<f4", copy=False).tobytes()
-        bps = self._bytes_per_sample
         view = memoryview(data)
         written = 0
         try:
@@ -136,6 +158,7 @@ class WavSink(Sink):
                 written += n
         finally:
             self.frames_written += written // bps
+            self.total_frames += written // bps
         if (time.monotonic() - self._last_sync >= self.flush_interval
                 or (self.frames_written - self._header_frames) >= self.flush_interval
                 * (self.sample_rate or 0)):
