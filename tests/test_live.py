@@ -186,7 +186,9 @@ def make_sink(policy, stream_cls=ManualStream, latency=0.05, **attrs):
 def steps(n, step=5 * TONE, first=0):
     """n distinct synthetic steps: tone k of step s is a constant-free ramp, all non-zero."""
     frames = np.concatenate([np.full(step, (first + s + 1) / 1000, np.float32) for s in range(n)])
-    return frames, StepBlock(first, n, step, TONE, np.full(n, time.monotonic()))
+    norms = np.ones((n, 5), np.float32)  # not used by the live sink
+    return frames, StepBlock(first, n, step, TONE, np.full(n, time.monotonic()), norms,
+                             np.zeros((n, 5), bool), np.zeros(n, bool))
 
 
 def test_drop_policy_starts_the_newest_step_within_the_latency_and_counts_the_rest():

@@ -1,8 +1,9 @@
-"""The ``gradsonic`` command line: ``gradsonic demo`` (more commands arrive with their issues)."""
+"""The ``gradsonic`` command line: ``demo``, ``info`` and ``render``."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -61,7 +62,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         try:
             result = train_preset(preset, images, labels, steps=args.steps,
                                   seed=preset.seed_for(embedded), wav=wav, progress=update,
-                                  mapping=args.mapping, wav_format=args.format, live=live)
+                                  mapping=args.mapping, wav_format=args.format, live=live,
+                                  record=out / f"{name}.gsr" if args.record else None)
         finally:
             close()
         seconds = time.perf_counter() - t0
@@ -71,6 +73,57 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         alarm = f", NaN/Inf alarm on {alarms} steps" if alarms else ""
         print(f"  {wav}  ({seconds:.1f} s{alarm})\n      listen for: {preset.listen_for}")
     print("\nEach step is one short tone per layer (conv1, conv2, fc1, fc2), then a pause.")
+    if args.record:
+        run = out / f"{names[0]}.gsr"
+        print(f"Norm recordings: {out}/*.gsr. Try:\n  gradsonic info {run}\n"
+              f"  gradsonic render {run} -o {out / (names[0] + '-log.wav')} --mapping log")
+    return 0
+
+
+def _steps_slice(text: str | None) -> slice | None:
+    if not text:
+        return None
+    try:
+        a, _, b = text.partition(":")
+        return slice(int(a) if a else None, int(b) if b else None)
+    except ValueError:
+        raise GradsonicError(f"--steps must look like A:B (e.g. 100:200 or :50), not {text!r}")
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    from .recording import read_recording
+
+    rec = read_recording(args.run)
+    s = rec.settings
+    step_frames = len(rec.layer_names) * round(s.get("tone_duration", 0.01) * s.get(
+        "sample_rate", 44100)) + round(s.get("silence_duration", 0.02) * s.get("sample_rate", 44100))
+    seconds = len(rec.steps) * step_frames / s.get("sample_rate", 44100)
+    first = f"{rec.steps[0]}..{rec.steps[-1]}" if len(rec.steps) else "none"
+    print(f"{rec.path}: gradsonic recording, created {rec.created}, "
+          f"versions {', '.join(f'{k} {v}' for k, v in rec.versions.items())}")
+    print(f"steps: {len(rec.steps)} ({first}), audio {seconds:.1f} s")
+    print(f"non-finite: {int(rec.nonfinite.any(axis=1).sum())} steps, "
+          f"{int(rec.skipped.sum())} skipped by the optimizer")
+    print(f"settings: {json.dumps(s)}")
+    print(f"layers ({len(rec.layer_names)}): {', '.join(rec.layer_names)}")
+    return 0
+
+
+def _cmd_render(args: argparse.Namespace) -> int:
+    from .recording import read_recording
+    from .render import CHUNK_STEPS, render_to_file, select
+
+    rec = read_recording(args.run)
+    steps = _steps_slice(args.steps)
+    n = len(select(rec, args.layers, steps)[0])
+    update, close = _progress(max(1, -(-n // CHUNK_STEPS)), "render", args.quiet)
+    try:
+        frames = render_to_file(rec, args.output, fmt=args.format, progress=update,
+                                layers=args.layers, steps=steps, mapping=args.mapping,
+                                tone_duration=None if args.tone_ms is None else args.tone_ms / 1000)
+    finally:
+        close()
+    print(f"wrote {args.output}: {n} steps, {frames} frames")
     return 0
 
 
@@ -98,6 +151,8 @@ def build_parser() -> argparse.ArgumentParser:
                       "log = one octave per decade")
     demo.add_argument("--format", default="float32", choices=["float32", "pcm16"],
                       help="WAV sample format (float32)")
+    demo.add_argument("--record", action="store_true",
+                      help="also write each preset's norm recording (PRESET.gsr) for render/info")
     demo.add_argument("--live", action="store_true",
                       help="also play through the speakers while training (needs the live extra)")
     demo.add_argument("--live-policy", default="block", choices=["block", "drop", "sample"],
@@ -105,17 +160,34 @@ def build_parser() -> argparse.ArgumentParser:
                       "every step; drop: newest steps win; sample: whole steps, some skipped")
     demo.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     demo.set_defaults(func=_cmd_demo)
+
+    info = sub.add_parser("info", help="describe a recording (layers, steps, settings)")
+    info.add_argument("run", help="a recording made with GradientSonifier(record=...)")
+    info.set_defaults(func=_cmd_info)
+
+    render = sub.add_parser("render", help="re-render a recording to an audio file",
+                            description="Re-render a recording; with the recorded settings the "
+                            "samples equal the live run's.")
+    render.add_argument("run", help="a recording made with GradientSonifier(record=...)")
+    render.add_argument("-o", "--output", required=True, help="the audio file to write")
+    render.add_argument("--mapping", choices=["seed", "log"], help="default: as recorded")
+    render.add_argument("--tone-ms", type=float, help="tone length in ms (default: as recorded)")
+    render.add_argument("--layers", nargs="+", metavar="PATTERN", help="only these layers (globs)")
+    render.add_argument("--steps", metavar="A:B", help="only steps A..B-1 (rows of the recording)")
+    render.add_argument("--format", default="wav", choices=["wav", "flac", "ogg"])
+    render.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    render.set_defaults(func=_cmd_render)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if getattr(args, "steps", 1) < 1:
+    if args.command == "demo" and args.steps < 1:
         parser.error(f"--steps must be >= 1, not {args.steps}")
     try:
         return int(args.func(args))
-    except (GradsonicError, OSError, ModuleNotFoundError) as e:
+    except (GradsonicError, OSError, ModuleNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

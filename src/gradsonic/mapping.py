@@ -14,6 +14,7 @@ Built in:
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any, Callable, Protocol, Union, runtime_checkable
@@ -108,6 +109,25 @@ def resolve_mapping(mapping: Any) -> Callable[[np.ndarray], np.ndarray]:
     raise ConfigTypeError(
         f"mapping must be one of {sorted(m.value for m in MappingName)!r} or a callable "
         f"norms -> Hz, not {type(mapping).__name__} ({mapping!r})")
+
+
+def mapping_settings(mapping: Callable[[np.ndarray], np.ndarray]) -> dict[str, Any]:
+    """A JSON-able description of a mapping (stored in recordings)."""
+    if isinstance(mapping, (SeedMapping, LogMapping)):
+        kind = "seed" if isinstance(mapping, SeedMapping) else "log"
+        return {"kind": kind, **dataclasses.asdict(mapping)}
+    return {"kind": "custom", "repr": repr(mapping)[:200]}
+
+
+def mapping_from_settings(settings: dict[str, Any]) -> Callable[[np.ndarray], np.ndarray]:
+    """The mapping a recording was made with (a custom one cannot be rebuilt)."""
+    params = {k: v for k, v in settings.items() if k != "kind"}
+    if settings.get("kind") == "seed":
+        return SeedMapping(**params)
+    if settings.get("kind") == "log":
+        return LogMapping(**params)
+    raise ConfigError(f"the recording used a custom mapping ({settings.get('repr')}); "
+                      "pass one of 'seed' or 'log' to render it")
 
 
 def plan_tones(mapping: Callable[[np.ndarray], np.ndarray], norms: np.ndarray,

@@ -25,7 +25,8 @@ from torch import nn
 
 from ._options import check_number
 from .errors import ConfigError, ConfigTypeError, GradsonicError, GradsonicWarning
-from .mapping import ALARM, SILENT, MappingLike, plan_tones, resolve_mapping
+from .mapping import ALARM, SILENT, MappingLike, mapping_settings, plan_tones, resolve_mapping
+from .recording import RecordSink
 from .sinks.base import Sink, StepBlock
 from .sinks.live import LiveSink
 from .sinks.wav import WavFormat, WavSink
@@ -134,6 +135,11 @@ class _Worker(threading.Thread):
                     self._fail("on_step callback (now disabled)", e)
                     self.on_step = None
                     break
+        block = StepBlock(pending[0].step, len(pending), self.synth.step_samples(norms.shape[1]),
+                          self.synth.tone_samples,
+                          np.fromiter((p.time for p in pending), float, len(pending)),
+                          norms, missing, skipped)
+        self._write([s for s in self.sinks if not s.needs_frames], None, block)  # recordings
         if not self.audio_ok:
             return
         try:
@@ -150,10 +156,10 @@ class _Worker(threading.Thread):
         s.alarm_tones += int(alarms.sum())
         s.alarm_steps += int(alarms.any(axis=1).sum())
         s.silent_tones += int((kinds == SILENT).sum())
-        block = StepBlock(pending[0].step, len(pending), self.synth.step_samples(norms.shape[1]),
-                          self.synth.tone_samples,
-                          np.fromiter((p.time for p in pending), float, len(pending)))
-        for sink in list(self.sinks):
+        self._write([s for s in self.sinks if s.needs_frames], frames, block)
+
+    def _write(self, sinks: list[Sink], frames: np.ndarray | None, block: StepBlock) -> None:
+        for sink in sinks:
             try:
                 sink.write_steps(frames, block)
             except BaseException as e:
@@ -213,6 +219,8 @@ class GradientSonifier:
             ``tone_duration`` s per layer, then ``silence_duration`` s (default 2 tone lengths).
         on_step: ``callable(record: StepRecord)``, called on the worker thread in step order.
         wav_format: ``"float32"`` (default) or ``"pcm16"``.
+        record: path of a norm recording (:mod:`gradsonic.recording`) to stream every step's
+            norms and the settings to; ``gradsonic render``/``info`` read it.
         live: ``True`` to play through the speakers (PyAudio, policy ``"drop"``), or a
             :class:`~gradsonic.sinks.live.LiveSink` for device, policy and latency. Without
             PyAudio or an output device: one warning, and everything else goes on.
@@ -242,6 +250,7 @@ class GradientSonifier:
         amplitude: float = 0.1,
         on_step: Callable[[StepRecord], Any] | None = None,
         *,
+        record: str | os.PathLike[str] | None = None,
         live: bool | LiveSink = False,
         wav_format: str = "float32",
         sinks: Iterable[Sink] = (),
@@ -286,6 +295,8 @@ class GradientSonifier:
                 out.append(WavSink(wav, format=wav_format))
             if live is not False:
                 out.append(LiveSink() if live is True else live)
+            if record is not None:
+                out.append(RecordSink(record, self._tap.layer_names, self.settings()))
             out.extend(extra)
             for s in out:
                 s.open(self.synth.sample_rate)
@@ -310,6 +321,13 @@ class GradientSonifier:
             install_sigterm_exit()
 
     # -- public surface ------------------------------------------------------------------
+
+    def settings(self) -> dict[str, Any]:
+        """The sound settings, as stored in a recording (enough to re-render it)."""
+        synth = self.synth
+        return {"mapping": mapping_settings(self.mapping), "sample_rate": synth.sample_rate,
+                "tone_duration": synth.tone_duration,
+                "silence_duration": synth.silence_duration, "amplitude": synth.amplitude}
 
     @property
     def layer_names(self) -> tuple[str, ...]:

@@ -19,7 +19,8 @@ class StepBlock:
 
     ``tone_frames`` is the length of one tone (tones start at multiples of it inside a step and
     begin and end at zero, so a step can be cut there without a click); ``times`` are the
-    ``time.monotonic()`` instants of the optimizer steps.
+    ``time.monotonic()`` instants of the optimizer steps; ``norms`` (float32), ``missing``
+    (``[count, layers]``) and ``skipped`` (``[count]``) are what the steps were rendered from.
     """
 
     first_step: int
@@ -27,6 +28,9 @@ class StepBlock:
     step_frames: int
     tone_frames: int
     times: np.ndarray
+    norms: np.ndarray
+    missing: np.ndarray
+    skipped: np.ndarray
 
 
 class Sink:
@@ -42,11 +46,14 @@ class Sink:
 
     #: Steps the sonifier may queue ahead of this sink; a sink that paces training sets it low.
     max_pending: int | None = None
+    #: False for sinks that store norms rather than audio (they get ``frames=None``, and keep
+    #: working if synthesis fails).
+    needs_frames: bool = True
 
     def write(self, frames: np.ndarray) -> None:
         raise NotImplementedError
 
-    def write_steps(self, frames: np.ndarray, block: StepBlock) -> None:
+    def write_steps(self, frames: np.ndarray | None, block: StepBlock) -> None:
         """Called by the worker with whole steps; sinks that care about steps override it."""
         self.write(frames)
 

@@ -1,0 +1,153 @@
+"""The norm recording: every step's per-layer norms in a compact, crash-safe, versioned file.
+
+Format ``gradsonic-recording`` version 1 (little-endian)::
+
+    magic       8 bytes   b"GSREC\\x00\\x01\\n"  (the second-to-last byte is the version)
+    header_len  uint32    length of the JSON header that follows
+    header      JSON      {"format", "version", "layer_names", "settings", "versions", "created"}
+    rows        fixed-size, one per step, until the end of the file:
+                int64 step | uint32 flags (bit 0: skipped by the optimizer) |
+                float32 norms[L] (NaN where missing) | uint8 missing[L] | zero padding to 8 bytes
+
+Rows are appended as training runs and flushed + ``fsync``-ed at least every second, so after a
+crash or SIGKILL a reader gets every complete row written until then (a torn last row is
+ignored). Memory stays flat: nothing is kept. :func:`read_recording` returns the norms as a NumPy
+array with the layer names and the settings the run used, so a run can be re-rendered
+(``gradsonic render``) with the same or other settings.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import struct
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ._version import __version__
+from .errors import ConfigError
+from .sinks.base import Sink, StepBlock
+from .sinks.wav import check_writable
+
+MAGIC = b"GSREC\x00\x01\n"
+VERSION = 1
+FLAG_SKIPPED = 1
+
+
+def _row_dtype(n_layers: int) -> np.dtype:
+    size = 8 + 4 + 4 * n_layers + n_layers
+    pad = (-size) % 8
+    fields = [("step", "<i8"), ("flags", "<u4"), ("norms", "<f4", (n_layers,)),
+              ("missing", "u1", (n_layers,))]
+    if pad:
+        fields.append(("pad", "u1", (pad,)))
+    return np.dtype(fields)
+
+
+class RecordSink(Sink):
+    """Appends one row per step to a recording file (``GradientSonifier(record=...)``)."""
+
+    needs_frames = False
+    _file: Any = None
+
+    def __init__(self, path: str | os.PathLike[str], layer_names: tuple[str, ...],
+                 settings: dict[str, Any], flush_interval: float = 1.0) -> None:
+        self.path = check_writable(path, "record")
+        self.layer_names = tuple(layer_names)
+        self._dtype = _row_dtype(len(self.layer_names))
+        import torch
+
+        header = json.dumps({
+            "format": "gradsonic-recording", "version": VERSION,
+            "layer_names": list(self.layer_names), "settings": settings,
+            "versions": {"gradsonic": __version__, "torch": torch.__version__,
+                         "numpy": np.__version__},
+            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+        }).encode()
+        try:
+            self._file = open(self.path, "wb", buffering=0)
+            self._file.write(MAGIC + struct.pack("<I", len(header)) + header)
+            os.fsync(self._file.fileno())
+        except OSError as e:
+            raise ConfigError(f"record={str(path)!r} cannot be written: {e}") from e
+        self.closed = False
+        self.flush_interval = flush_interval
+        self._last_sync = time.monotonic()
+        self.rows_written = 0
+
+    def write(self, frames: np.ndarray) -> None:  # pragma: no cover - rows come via write_steps
+        pass
+
+    def write_steps(self, frames: np.ndarray | None, block: StepBlock) -> None:
+        if self._file is None:
+            return
+        rows = np.zeros(block.count, dtype=self._dtype)
+        rows["step"] = block.first_step + np.arange(block.count)
+        rows["flags"] = np.where(block.skipped, FLAG_SKIPPED, 0)
+        rows["norms"] = block.norms
+        rows["missing"] = block.missing
+        self._file.write(rows.tobytes())
+        self.rows_written += block.count
+        if time.monotonic() - self._last_sync >= self.flush_interval:
+            self.flush()
+
+    def flush(self) -> None:
+        if self._file is not None:
+            os.fsync(self._file.fileno())
+            self._last_sync = time.monotonic()
+
+    def _close(self) -> None:
+        f, self._file = self._file, None
+        if f is not None:
+            try:
+                os.fsync(f.fileno())
+            finally:
+                f.close()
+
+
+@dataclass
+class Recording:
+    """A recording read back: ``norms[steps, layers]`` float32 (NaN where missing)."""
+
+    path: Path
+    layer_names: tuple[str, ...]
+    steps: np.ndarray
+    norms: np.ndarray
+    missing: np.ndarray
+    skipped: np.ndarray
+    settings: dict[str, Any] = field(default_factory=dict)
+    versions: dict[str, str] = field(default_factory=dict)
+    created: str = ""
+
+    @property
+    def nonfinite(self) -> np.ndarray:
+        return ~np.isfinite(self.norms) & ~self.missing
+
+
+def read_recording(path: str | os.PathLike[str]) -> Recording:
+    """Read a recording (also one still being written, or cut short by a crash)."""
+    p = Path(path)
+    try:
+        raw = p.read_bytes()
+    except OSError as e:
+        raise ConfigError(f"cannot read recording {str(p)!r}: {e}") from e
+    if raw[:6] != MAGIC[:6]:
+        raise ConfigError(f"{str(p)!r} is not a gradsonic recording (bad magic)")
+    if raw[6] != VERSION:
+        raise ConfigError(f"{str(p)!r} is recording format version {raw[6]}; this gradsonic "
+                          f"reads version {VERSION}")
+    (n,) = struct.unpack("<I", raw[8:12])
+    header = json.loads(raw[12:12 + n])
+    names = tuple(header["layer_names"])
+    dtype = _row_dtype(len(names))
+    body = raw[12 + n:]
+    rows = np.frombuffer(body[: len(body) // dtype.itemsize * dtype.itemsize], dtype=dtype)
+    return Recording(p, names, rows["step"].copy(), rows["norms"].copy(),
+                     rows["missing"].astype(bool), (rows["flags"] & FLAG_SKIPPED) > 0,
+                     header.get("settings", {}), header.get("versions", {}),
+                     header.get("created", ""))
