@@ -28,6 +28,12 @@ os.environ["PYTHONPATH"] = os.pathsep.join(
     [str(REPO / "src"), *filter(None, [os.environ.get("PYTHONPATH")])])
 
 
+def pytest_configure(config):
+    # An unexpected gradsonic warning fails the test. Registered here, after src/ was put first
+    # on sys.path: naming the class in pyproject.toml would import an installed gradsonic early.
+    config.addinivalue_line("filterwarnings", "error::gradsonic.GradsonicWarning")
+
+
 def _workers() -> list[threading.Thread]:
     return [t for t in threading.enumerate() if t.name == "gradsonic-worker" and t.is_alive()]
 

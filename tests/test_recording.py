@@ -123,3 +123,15 @@ def test_demo_record_writes_recordings_and_prints_the_commands(tmp_path, capsys)
     rec = read_recording(tmp_path / "adam-lr0.01.gsr")
     assert rec.layer_names == ("conv1", "conv2", "fc1", "fc2") and len(rec.steps) == 3
     assert f"gradsonic render {tmp_path / 'adam-lr0.01.gsr'}" in out
+
+
+def test_plot_writes_a_png_with_both_panels(tmp_path):
+    import matplotlib.image
+
+    record_run(steps=12)
+    out = tmp_path / "run.png"
+    assert main(["plot", "run.gsr", "-o", str(out)]) == 0
+    image = matplotlib.image.imread(out)
+    assert image.shape[0] > 500 and image.shape[1] > 1000  # 12 x 7 in at 110 dpi
+    top, bottom = image[: image.shape[0] // 2], image[image.shape[0] // 2:]
+    assert top.std() > 0.05 and bottom.std() > 0.05  # both panels hold a picture

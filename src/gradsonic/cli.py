@@ -1,4 +1,4 @@
-"""The ``gradsonic`` command line: ``demo``, ``info`` and ``render``."""
+"""The ``gradsonic`` command line: ``demo``, ``info``, ``render`` and ``plot``."""
 
 from __future__ import annotations
 
@@ -127,6 +127,16 @@ def _cmd_render(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_plot(args: argparse.Namespace) -> int:
+    from .plot import plot_recording
+    from .recording import read_recording
+
+    plot_recording(read_recording(args.run), args.output, layers=args.layers,
+                   steps=_steps_slice(args.steps))
+    print(f"wrote {args.output}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gradsonic", description="Hear your model train.")
     parser.add_argument("--version", action="version", version=f"gradsonic {__version__}")
@@ -177,6 +187,13 @@ def build_parser() -> argparse.ArgumentParser:
     render.add_argument("--format", default="wav", choices=["wav", "flac", "ogg"])
     render.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     render.set_defaults(func=_cmd_render)
+
+    plot = sub.add_parser("plot", help="norm curves above the spectrogram, as a PNG")
+    plot.add_argument("run", help="a recording made with GradientSonifier(record=...)")
+    plot.add_argument("-o", "--output", required=True, help="the PNG to write")
+    plot.add_argument("--layers", nargs="+", metavar="PATTERN", help="only these layers (globs)")
+    plot.add_argument("--steps", metavar="A:B", help="only steps A..B-1 (rows of the recording)")
+    plot.set_defaults(func=_cmd_plot)
     return parser
 
 
