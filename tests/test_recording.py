@@ -135,3 +135,39 @@ def test_plot_writes_a_png_with_both_panels(tmp_path):
     assert image.shape[0] > 500 and image.shape[1] > 1000  # 12 x 7 in at 110 dpi
     top, bottom = image[: image.shape[0] // 2], image[image.shape[0] // 2:]
     assert top.std() > 0.05 and bottom.std() > 0.05  # both panels hold a picture
+
+
+def test_play_a_wav_and_a_recording_through_real_pyaudio(capsys):
+    from .conftest import CAPTURE
+
+    record_run(steps=5)
+    live, _ = soundfile.read("live.wav", dtype="float32")
+    for path in ("live.wav", "run.gsr"):  # a recording renders with its recorded settings
+        assert main(["play", path]) == 0
+        captured = np.fromfile(CAPTURE, dtype="<f4")
+        np.testing.assert_array_equal(captured[captured != 0], live[live != 0])
+
+
+def test_play_on_a_headless_machine_is_one_error_line(tmp_path):
+    record_run(steps=2)
+    env = {k: v for k, v in __import__("os").environ.items() if k != "ALSA_CONFIG_PATH"}
+    proc = subprocess.run([sys.executable, "-m", "gradsonic.cli", "play", "live.wav"],
+                          capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 1
+    assert proc.stderr.startswith("error: no audio output device")
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_notebook_audio_of_a_run_and_of_a_recording():
+    from IPython.display import Audio
+
+    from gradsonic.notebook import play
+
+    model = TinyMLP()
+    with GradientSonifier(model, wav="nb.wav", record="nb.gsr") as son:
+        opt = son.wrap(torch.optim.SGD(model.parameters(), lr=0.05))
+        train_steps(model, opt, steps=3)
+        inline = son.audio()
+    assert isinstance(inline, Audio) and b"RIFF" in inline.data[:4]
+    from_recording = play("nb.gsr")
+    assert isinstance(from_recording, Audio) and from_recording.data == inline.data

@@ -1,4 +1,4 @@
-"""The ``gradsonic`` command line: ``demo``, ``info``, ``render`` and ``plot``."""
+"""The ``gradsonic`` command line: ``demo``, ``info``, ``render``, ``plot`` and ``play``."""
 
 from __future__ import annotations
 
@@ -137,6 +137,18 @@ def _cmd_plot(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_play(args: argparse.Namespace) -> int:
+    from .notebook import load_audio
+    from .sinks.live import play_frames
+
+    frames, rate = load_audio(args.file)
+    if frames.ndim > 1:
+        frames = frames.mean(axis=1)
+    print(f"playing {args.file}: {frames.size / rate:.1f} s", flush=True)
+    play_frames(frames, rate, device=args.device)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gradsonic", description="Hear your model train.")
     parser.add_argument("--version", action="version", version=f"gradsonic {__version__}")
@@ -194,6 +206,11 @@ def build_parser() -> argparse.ArgumentParser:
     plot.add_argument("--layers", nargs="+", metavar="PATTERN", help="only these layers (globs)")
     plot.add_argument("--steps", metavar="A:B", help="only steps A..B-1 (rows of the recording)")
     plot.set_defaults(func=_cmd_plot)
+
+    play = sub.add_parser("play", help="play a WAV/FLAC/OGG or a recording through PyAudio")
+    play.add_argument("file", help="an audio file or a recording")
+    play.add_argument("--device", type=int, help="PyAudio output device index")
+    play.set_defaults(func=_cmd_play)
     return parser
 
 

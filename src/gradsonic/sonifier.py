@@ -420,6 +420,18 @@ class GradientSonifier:
         self._command("flush")
         self._report()
 
+    def audio(self) -> Any:
+        """An ``IPython.display.Audio`` of everything written to the WAV so far (notebooks)."""
+        from .notebook import audio, load_audio
+
+        wav = next((s for s in self.sinks if isinstance(s, WavSink)), None)
+        if wav is None:
+            raise ConfigError("audio() plays the WAV file: create the sonifier with wav=...")
+        if not self._closed:
+            self.flush()
+        parts = [load_audio(p)[0] for p in wav.paths]
+        return audio(np.concatenate(parts), self.synth.sample_rate)
+
     def close(self) -> None:
         """Detach, render every queued step, close the sinks. Safe to call again."""
         if self._closed:

@@ -314,3 +314,26 @@ class LiveSink(Sink):
         finally:
             if pa is not None:
                 pa.terminate()
+
+
+def play_frames(frames: np.ndarray, sample_rate: int, device: int | None = None) -> None:
+    """Play mono float32 frames to the end through PyAudio (blocking); OSError if no device."""
+    pyaudio = _import_pyaudio()
+    with _quiet_stderr():
+        pa = pyaudio.PyAudio()
+    try:
+        if device is None and pa.get_device_count() == 0:
+            raise OSError(f"no audio output device (this looks like a headless machine); "
+                          f"copy the file to a machine with speakers, or {INSTALL_HINT}")
+        stream = pa.open(format=pyaudio.paFloat32, channels=1, rate=int(sample_rate),
+                         output=True, output_device_index=device)
+        try:
+            data = np.ascontiguousarray(frames, dtype=np.float32)
+            for lo in range(0, data.size, 4096):
+                stream.write(data[lo:lo + 4096].tobytes())
+            stream.write(bytes(4 * (sample_rate // 5)))  # 0.2 s of silence so the tail plays
+        finally:
+            stream.stop_stream()
+            stream.close()
+    finally:
+        pa.terminate()
