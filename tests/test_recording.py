@@ -171,3 +171,25 @@ def test_notebook_audio_of_a_run_and_of_a_recording():
     assert isinstance(inline, Audio) and b"RIFF" in inline.data[:4]
     from_recording = play("nb.gsr")
     assert isinstance(from_recording, Audio) and from_recording.data == inline.data
+
+
+def test_logged_scalars_are_stored_with_their_step():
+    model = TinyMLP()
+    losses = []
+    with GradientSonifier(model, wav=None, record="s.gsr", scalars=("loss", "lr")) as son:
+        opt = son.wrap(torch.optim.SGD(model.parameters(), lr=0.05))
+        for i in range(4):
+            opt.zero_grad()
+            loss = model(torch.randn(4, 8)).pow(2).mean()
+            loss.backward()
+            son.log(loss=loss) if i != 2 else None  # a tensor: read on the worker
+            son.log(lr=0.05)
+            losses.append(loss.item() if i != 2 else float("nan"))
+            opt.step()
+        with pytest.raises(ValueError, match=r"log\(\) got \['acc'\]; declared scalars are "):
+            son.log(acc=1.0)
+    rec = read_recording("s.gsr")
+    np.testing.assert_allclose(rec.scalars["loss"], losses, rtol=1e-6)
+    np.testing.assert_allclose(rec.scalars["lr"], [0.05] * 4, rtol=1e-6)
+    with pytest.raises(ValueError, match=r"scalars are stored in the recording"):
+        GradientSonifier(model, wav=None, scalars=("loss",))

@@ -106,6 +106,8 @@ def _cmd_info(args: argparse.Namespace) -> int:
           f"{int(rec.skipped.sum())} skipped by the optimizer")
     print(f"settings: {json.dumps(s)}")
     print(f"layers ({len(rec.layer_names)}): {', '.join(rec.layer_names)}")
+    if rec.scalars:
+        print(f"scalars: {', '.join(rec.scalars)}")
     return 0
 
 

@@ -4,10 +4,12 @@ Format ``gradsonic-recording`` version 1 (little-endian)::
 
     magic       8 bytes   b"GSREC\\x00\\x01\\n"  (the second-to-last byte is the version)
     header_len  uint32    length of the JSON header that follows
-    header      JSON      {"format", "version", "layer_names", "settings", "versions", "created"}
+    header      JSON      {"format", "version", "layer_names", "scalars", "settings", "versions",
+                           "created"}
     rows        fixed-size, one per step, until the end of the file:
                 int64 step | uint32 flags (bit 0: skipped by the optimizer) |
-                float32 norms[L] (NaN where missing) | uint8 missing[L] | zero padding to 8 bytes
+                float32 norms[L] (NaN where missing) | float32 scalars[S] (NaN if not logged) |
+                uint8 missing[L] | zero padding to 8 bytes   (S = len(header["scalars"]))
 
 Rows are appended as training runs and flushed + ``fsync``-ed at least every second, so after a
 crash or SIGKILL a reader gets every complete row written until then (a torn last row is
@@ -39,11 +41,13 @@ VERSION = 1
 FLAG_SKIPPED = 1
 
 
-def _row_dtype(n_layers: int) -> np.dtype:
-    size = 8 + 4 + 4 * n_layers + n_layers
+def _row_dtype(n_layers: int, n_scalars: int = 0) -> np.dtype:
+    size = 8 + 4 + 4 * n_layers + 4 * n_scalars + n_layers
     pad = (-size) % 8
-    fields = [("step", "<i8"), ("flags", "<u4"), ("norms", "<f4", (n_layers,)),
-              ("missing", "u1", (n_layers,))]
+    fields = [("step", "<i8"), ("flags", "<u4"), ("norms", "<f4", (n_layers,))]
+    if n_scalars:
+        fields.append(("scalars", "<f4", (n_scalars,)))
+    fields.append(("missing", "u1", (n_layers,)))
     if pad:
         fields.append(("pad", "u1", (pad,)))
     return np.dtype(fields)
@@ -56,15 +60,18 @@ class RecordSink(Sink):
     _file: Any = None
 
     def __init__(self, path: str | os.PathLike[str], layer_names: tuple[str, ...],
-                 settings: dict[str, Any], flush_interval: float = 1.0) -> None:
+                 settings: dict[str, Any], flush_interval: float = 1.0,
+                 scalars: tuple[str, ...] = ()) -> None:
         self.path = check_writable(path, "record")
         self.layer_names = tuple(layer_names)
-        self._dtype = _row_dtype(len(self.layer_names))
+        self.scalar_names = tuple(scalars)
+        self._dtype = _row_dtype(len(self.layer_names), len(self.scalar_names))
         import torch
 
         header = json.dumps({
             "format": "gradsonic-recording", "version": VERSION,
-            "layer_names": list(self.layer_names), "settings": settings,
+            "layer_names": list(self.layer_names), "scalars": list(self.scalar_names),
+            "settings": settings,
             "versions": {"gradsonic": __version__, "torch": torch.__version__,
                          "numpy": np.__version__},
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(),
@@ -91,6 +98,13 @@ class RecordSink(Sink):
         rows["flags"] = np.where(block.skipped, FLAG_SKIPPED, 0)
         rows["norms"] = block.norms
         rows["missing"] = block.missing
+        if self.scalar_names:
+            values = np.full((block.count, len(self.scalar_names)), np.nan, dtype=np.float32)
+            for i, logged in enumerate(block.scalars or []):
+                for j, name in enumerate(self.scalar_names):
+                    if name in logged:
+                        values[i, j] = logged[name]
+            rows["scalars"] = values
         self._file.write(rows.tobytes())
         self.rows_written += block.count
         if time.monotonic() - self._last_sync >= self.flush_interval:
@@ -123,6 +137,7 @@ class Recording:
     settings: dict[str, Any] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=dict)
     created: str = ""
+    scalars: dict[str, np.ndarray] = field(default_factory=dict)  # name -> [steps], NaN if unset
 
     @property
     def nonfinite(self) -> np.ndarray:
@@ -144,10 +159,12 @@ def read_recording(path: str | os.PathLike[str]) -> Recording:
     (n,) = struct.unpack("<I", raw[8:12])
     header = json.loads(raw[12:12 + n])
     names = tuple(header["layer_names"])
-    dtype = _row_dtype(len(names))
+    scalar_names = header.get("scalars", [])
+    dtype = _row_dtype(len(names), len(scalar_names))
     body = raw[12 + n:]
     rows = np.frombuffer(body[: len(body) // dtype.itemsize * dtype.itemsize], dtype=dtype)
     return Recording(p, names, rows["step"].copy(), rows["norms"].copy(),
                      rows["missing"].astype(bool), (rows["flags"] & FLAG_SKIPPED) > 0,
                      header.get("settings", {}), header.get("versions", {}),
-                     header.get("created", ""))
+                     header.get("created", ""),
+                     {n: rows["scalars"][:, j].copy() for j, n in enumerate(scalar_names)})

@@ -138,7 +138,8 @@ class _Worker(threading.Thread):
         block = StepBlock(pending[0].step, len(pending), self.synth.step_samples(norms.shape[1]),
                           self.synth.tone_samples,
                           np.fromiter((p.time for p in pending), float, len(pending)),
-                          norms, missing, skipped)
+                          norms, missing, skipped,
+                          [{k: float(v) for k, v in (p.scalars or {}).items()} for p in pending])
         self._write([s for s in self.sinks if not s.needs_frames], None, block)  # recordings
         if not self.audio_ok:
             return
@@ -221,6 +222,7 @@ class GradientSonifier:
         wav_format: ``"float32"`` (default) or ``"pcm16"``.
         record: path of a norm recording (:mod:`gradsonic.recording`) to stream every step's
             norms and the settings to; ``gradsonic render``/``info`` read it.
+        scalars: names of extra per-step values stored in the recording via :meth:`log`.
         live: ``True`` to play through the speakers (PyAudio, policy ``"drop"``), or a
             :class:`~gradsonic.sinks.live.LiveSink` for device, policy and latency. Without
             PyAudio or an output device: one warning, and everything else goes on.
@@ -251,6 +253,7 @@ class GradientSonifier:
         on_step: Callable[[StepRecord], Any] | None = None,
         *,
         record: str | os.PathLike[str] | None = None,
+        scalars: Sequence[str] = (),
         live: bool | LiveSink = False,
         wav_format: str = "float32",
         sinks: Iterable[Sink] = (),
@@ -280,6 +283,12 @@ class GradientSonifier:
         self._handles = []
         self._step = 0
         self._reported = 0
+        if isinstance(scalars, str) or not all(isinstance(n, str) for n in scalars):
+            raise ConfigTypeError(f"scalars must be a sequence of names, not {scalars!r}")
+        if scalars and record is None:
+            raise ConfigError("scalars are stored in the recording: pass record=... too")
+        self._scalar_names = tuple(scalars)
+        self._logged: dict[str, Any] = {}
         if rank is not None and _process_rank() != rank:
             # Under torch.distributed, one rank sounds the run (gradients are identical on every
             # rank after DDP's all-reduce); the others do nothing at all: no thread, no file,
@@ -296,7 +305,8 @@ class GradientSonifier:
             if live is not False:
                 out.append(LiveSink() if live is True else live)
             if record is not None:
-                out.append(RecordSink(record, self._tap.layer_names, self.settings()))
+                out.append(RecordSink(record, self._tap.layer_names, self.settings(),
+                                      scalars=self._scalar_names))
             out.extend(extra)
             for s in out:
                 s.open(self.synth.sample_rate)
@@ -404,6 +414,8 @@ class GradientSonifier:
         worker = self._worker
         assert worker is not None
         pending = self._tap.collect(self._step, skipped)
+        if self._logged:
+            pending.scalars, self._logged = self._logged, {}
         self._step += 1
         if worker.is_alive():  # a dead worker would never drain a full queue
             worker.queue.put(pending)
@@ -419,6 +431,20 @@ class GradientSonifier:
             return
         self._command("flush")
         self._report()
+
+    def log(self, **values: Any) -> None:
+        """Store scalars (loss, learning rate, ...) with the next step in the recording.
+
+        Names must be declared with ``GradientSonifier(record=..., scalars=("loss", ...))``.
+        Values may be numbers or 0-d tensors (read on the worker thread, never synchronising the
+        training thread). Call it before ``optimizer.step()`` to attach to that step.
+        """
+        unknown = set(values) - set(self._scalar_names)
+        if unknown:
+            raise ConfigError(f"log() got {sorted(unknown)}; declared scalars are "
+                              f"{list(self._scalar_names)} (GradientSonifier(scalars=...))")
+        for k, v in values.items():
+            self._logged[k] = v.detach() if isinstance(v, torch.Tensor) else v
 
     def audio(self) -> Any:
         """An ``IPython.display.Audio`` of everything written to the WAV so far (notebooks)."""

@@ -131,7 +131,7 @@ def select_layers(model: nn.Module, layers: Sequence[Any] | None) -> list[Layer]
 class PendingNorms:
     """Norms of one step on their way to the host; resolved on the worker thread."""
 
-    __slots__ = ("step", "parts", "missing", "layer_names", "skipped", "time")
+    __slots__ = ("step", "parts", "missing", "layer_names", "skipped", "time", "scalars")
 
     def __init__(self, step: int, parts: list[tuple[np.ndarray, torch.Tensor, Any]],
                  missing: np.ndarray, layer_names: tuple[str, ...], skipped: bool = False) -> None:
@@ -141,6 +141,7 @@ class PendingNorms:
         self.layer_names = layer_names
         self.skipped = skipped
         self.time = time.monotonic()
+        self.scalars: dict[str, Any] | None = None  # son.log() values for this step
 
     def fill(self, row: np.ndarray) -> None:
         """Write this step's norms into ``row`` (NaN where missing), waiting for the device."""

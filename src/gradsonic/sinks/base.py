@@ -31,6 +31,7 @@ class StepBlock:
     norms: np.ndarray
     missing: np.ndarray
     skipped: np.ndarray
+    scalars: list[dict[str, float]] | None = None  # son.log() values, one dict per step
 
 
 class Sink:
