@@ -149,3 +149,12 @@ def test_benchmark_suite_smoke_run():
     assert proc.returncode == 0, proc.stderr
     for heading in ("| gradsonic, 64 steps per render |", "| gradsonic |", "| WAV sink"):
         assert heading in proc.stdout
+
+
+def test_docs_build_without_warnings(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir",
+                           str(tmp_path / "site")], cwd=REPO, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "site" / "presets" / "index.html").read_text().count("<audio") == 5
+    assert (tmp_path / "site" / "assets" / "sgd-lr1.0-bs256.ogg").stat().st_size > 10_000

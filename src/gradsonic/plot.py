@@ -16,6 +16,7 @@ from .render import select, synth_for
 
 
 def plot_recording(recording: Recording, out: str | os.PathLike[str], layers: Any = None,
+                   dpi: int = 110,
                    steps: slice | None = None, **overrides: Any) -> None:
     """Write a PNG: log-scale norms per layer (non-finite steps marked) over the spectrogram."""
     try:
@@ -68,5 +69,5 @@ def plot_recording(recording: Recording, out: str | os.PathLike[str], layers: An
     bottom.set_ylabel("frequency (Hz)")
     bottom.set_xlabel("optimizer step")
     fig.tight_layout()
-    fig.savefig(out, dpi=110)
+    fig.savefig(out, dpi=dpi)
     plt.close(fig)
