@@ -78,6 +78,9 @@ def test_info_describes_the_run(capsys):
     (["render", "live.wav", "-o", "x.wav"], "error: 'live.wav' is not a gradsonic recording"),
     (["render", "run.gsr", "-o", "x.wav", "--layers", "conv*"], "error: --layers ['conv*'] match"),
     (["render", "run.gsr", "-o", "x.wav", "--steps", "a:b"], "error: --steps must look like A:B"),
+    (["plot", "run.gsr", "-o", "x.png", "--layers", "nope"], "error: --layers ['nope'] match"),
+    (["plot", "missing.gsr", "-o", "x.png"], "error: cannot read recording 'missing.gsr'"),
+    (["play", "missing.wav"], "error: "),
 ])
 def test_cli_errors_are_one_line(argv, message, capsys):
     record_run(steps=2)
@@ -123,6 +126,7 @@ def test_demo_record_writes_recordings_and_prints_the_commands(tmp_path, capsys)
     rec = read_recording(tmp_path / "adam-lr0.01.gsr")
     assert rec.layer_names == ("conv1", "conv2", "fc1", "fc2") and len(rec.steps) == 3
     assert f"gradsonic render {tmp_path / 'adam-lr0.01.gsr'}" in out
+    assert f"gradsonic plot {tmp_path / 'adam-lr0.01.gsr'}" in out
 
 
 def test_plot_writes_a_png_with_both_panels(tmp_path):

@@ -76,7 +76,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     if args.record:
         run = out / f"{names[0]}.gsr"
         print(f"Norm recordings: {out}/*.gsr. Try:\n  gradsonic info {run}\n"
-              f"  gradsonic render {run} -o {out / (names[0] + '-log.wav')} --mapping log")
+              f"  gradsonic render {run} -o {out / (names[0] + '-log.wav')} --mapping log\n"
+              f"  gradsonic plot {run} -o {out / (names[0] + '.png')}")
     return 0
 
 
