@@ -102,7 +102,8 @@ def main(argv=None):
         print(f"\n{name} ({n_params / 1e6:.1f}M parameters, {len(son.layer_names)} layers), "
               f"{args.rounds} rounds x {args.block} steps")
         print(table(results, "bare", per=args.block))
-        del models, opts, proto
+        models.clear()  # free this workload before the next one
+        opts.clear()
         torch.cuda.empty_cache()
 
 

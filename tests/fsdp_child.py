@@ -5,7 +5,6 @@ rank 0 saves the norms it heard to OUT/norms.npy and the time per step of the ta
 """
 
 import sys
-import time
 from pathlib import Path
 
 import numpy as np

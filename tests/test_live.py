@@ -5,7 +5,6 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
-import warnings
 
 import numpy as np
 import pytest
@@ -17,9 +16,8 @@ import gradsonic.sinks.live as live_module
 from gradsonic import GradientSonifier, GradsonicWarning, MemorySink
 from gradsonic.demo import SeedCNN
 from gradsonic.sinks import LiveSink, StepBlock
-from gradsonic.synth import Synth
 
-from .conftest import CAPTURE, REPO
+from .conftest import CAPTURE
 from .fixtures.audio import ClockedStream, ManualStream, factory
 from .fixtures.models import TinyMLP, train_steps
 

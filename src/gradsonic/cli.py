@@ -93,12 +93,12 @@ def _steps_slice(text: str | None) -> slice | None:
 
 def _cmd_info(args: argparse.Namespace) -> int:
     from .recording import read_recording
+    from .render import synth_for
 
     rec = read_recording(args.run)
     s = rec.settings
-    step_frames = len(rec.layer_names) * round(s.get("tone_duration", 0.01) * s.get(
-        "sample_rate", 44100)) + round(s.get("silence_duration", 0.02) * s.get("sample_rate", 44100))
-    seconds = len(rec.steps) * step_frames / s.get("sample_rate", 44100)
+    synth, _ = synth_for(rec)
+    seconds = len(rec.steps) * synth.step_samples(len(rec.layer_names)) / synth.sample_rate
     first = f"{rec.steps[0]}..{rec.steps[-1]}" if len(rec.steps) else "none"
     print(f"{rec.path}: gradsonic recording, created {rec.created}, "
           f"versions {', '.join(f'{k} {v}' for k, v in rec.versions.items())}")

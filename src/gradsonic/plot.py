@@ -29,7 +29,7 @@ def plot_recording(recording: Recording, out: str | os.PathLike[str], layers: An
                                   "pip install 'gradsonic[plot]'") from e
     norms, missing, skipped, names = select(recording, layers, steps)
     step_ids = recording.steps[steps if steps is not None else slice(None)]
-    synth, _ = synth_for(recording, **overrides)
+    synth, mapping = synth_for(recording, **overrides)
     audio = np.concatenate(list(render_frames(recording, layers=layers, steps=steps, **overrides))
                            or [np.zeros(1, np.float32)])
     step_seconds = synth.step_samples(len(names)) / synth.sample_rate
@@ -56,7 +56,6 @@ def plot_recording(recording: Recording, out: str | os.PathLike[str], layers: An
     nfft = synth.tone_samples  # one tone per window: each layer's pitch stands alone
     power, freqs, t = mlab.specgram(audio, NFFT=nfft, Fs=synth.sample_rate,
                                     noverlap=nfft // 2, pad_to=max(2048, nfft), mode="psd")
-    _, mapping = synth_for(recording, **overrides)
     finite = np.isfinite(norms) & ~missing
     highest = float(synth.clamp(mapping(np.abs(norms[finite]))).max()) if finite.any() else 0.0
     top_hz = min(synth.max_hz, max(4000.0, 1.1 * highest))  # room for the highest tone

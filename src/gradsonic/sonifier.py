@@ -23,14 +23,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from ._options import check_number
+from ._signals import install_sigterm_exit
 from .errors import ConfigError, ConfigTypeError, GradsonicError, GradsonicWarning
 from .mapping import ALARM, SILENT, MappingLike, mapping_settings, plan_tones, resolve_mapping
 from .recording import RecordSink
 from .sinks.base import Sink, StepBlock
 from .sinks.live import LiveSink
 from .sinks.wav import WavFormat, WavSink
-from ._signals import install_sigterm_exit
 from .synth import Synth
 from .tap import NormTap, PendingNorms, StepRecord, resolve_block, select_layers
 
@@ -138,8 +137,7 @@ class _Worker(threading.Thread):
         block = StepBlock(pending[0].step, len(pending), self.synth.step_samples(norms.shape[1]),
                           self.synth.tone_samples,
                           np.fromiter((p.time for p in pending), float, len(pending)),
-                          norms, missing, skipped,
-                          [{k: float(v) for k, v in (p.scalars or {}).items()} for p in pending])
+                          norms, missing, skipped, _scalars(pending))
         self._write([s for s in self.sinks if not s.needs_frames], None, block)  # recordings
         if not self.audio_ok:
             return
@@ -188,6 +186,14 @@ class _Worker(threading.Thread):
             except BaseException as e:
                 self._fail(f"closing sink {sink!r}", e)
         self.sinks = []
+
+
+def _scalars(pending: list[PendingNorms]) -> list[dict[str, float]] | None:
+    """The son.log() values of a block as floats (tensors are read here, off the training
+    thread); None when nothing was logged."""
+    if not any(p.scalars for p in pending):
+        return None
+    return [{k: float(v) for k, v in (p.scalars or {}).items()} for p in pending]
 
 
 def _process_rank() -> int:

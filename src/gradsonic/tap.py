@@ -133,7 +133,7 @@ class PendingNorms:
 
     __slots__ = ("step", "parts", "missing", "layer_names", "skipped", "time", "scalars")
 
-    def __init__(self, step: int, parts: list[tuple[np.ndarray, torch.Tensor, Any]],
+    def __init__(self, step: int, parts: list[tuple[np.ndarray, torch.Tensor, Any, Any]],
                  missing: np.ndarray, layer_names: tuple[str, ...], skipped: bool = False) -> None:
         self.step = step
         self.parts = parts
@@ -275,6 +275,7 @@ class NormTap:
         #: FSDP2 (fully_shard) / DTensor weights: every rank holds a shard of each gradient
         self.sharded = dtensor is not None and any(isinstance(w, dtensor) for w in self._weights)
         self._dtensor = dtensor
+        self._scales: dict[tuple[Any, tuple[bool, ...]], torch.Tensor] = {}
 
     @torch.no_grad()
     def collect(self, step: int, skipped: bool = False) -> PendingNorms:
@@ -324,8 +325,12 @@ class NormTap:
             replicated.append(not sharded)
         sq = _norms(locals_).square()
         if any(replicated):
-            scale = torch.tensor([1.0 / dist.get_world_size() if r else 1.0 for r in replicated],
-                                 dtype=sq.dtype).to(sq.device, non_blocking=True)
+            key = (sq.device, tuple(replicated))
+            scale = self._scales.get(key)
+            if scale is None:  # built once: a host-to-device copy every step could stall
+                scale = torch.tensor([1.0 / dist.get_world_size() if r else 1.0
+                                      for r in replicated], dtype=sq.dtype).to(sq.device)
+                self._scales[key] = scale
             sq = sq * scale
         work = dist.all_reduce(sq, op=dist.ReduceOp.SUM, async_op=True)
         positions = np.asarray(present, dtype=np.intp)
