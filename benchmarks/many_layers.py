@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from _harness import environment, interleave, table
-from gradsonic.tap import NormTap, select_layers
+from gradsonic.tap import NormTap
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -33,13 +33,14 @@ def main(argv: list[str] | None = None) -> None:
     model = nn.Sequential(*[nn.Linear(32, 32) for _ in range(args.layers)])
     for param in model.parameters():
         param.grad = torch.randn_like(param)
-    tap_ = NormTap(select_layers(model, None))
+    tap_ = NormTap(model, None)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)  # what a wrapped step reads
     weights = [m.weight for m in model]
     queue: collections.deque = collections.deque(maxlen=1)  # stands in for the O(1) put
 
     def tap() -> None:
         for i in range(args.steps):
-            queue.append(tap_.collect(i))
+            queue.append(tap_.collect(i, optimizer))
 
     def original() -> None:
         for _ in range(args.steps):

@@ -287,8 +287,8 @@ def test_many_same_shaped_layers_on_cpu_are_measured_exactly():
     model = nn.Sequential(*[nn.Linear(8, 8) for _ in range(6)], nn.Linear(8, 3))
     records = []
     with GradientSonifier(model, wav=None, on_step=records.append) as son:
-        assert any(stacked for _, _, stacked in son._tap._plan)  # the stacked path is in use
         opt = son.wrap(torch.optim.SGD(model.parameters(), lr=0.1))
+        assert any(stacked for _, _, stacked in son._tap._plan(opt).groups)  # stacked path used
         for i in range(3):
             opt.zero_grad()
             model(torch.randn(4, 8)).pow(2).mean().backward()

@@ -335,7 +335,7 @@ def test_torch_compiled_model_has_the_plain_layer_names_and_norms():
 
 def test_complex_weights_are_rejected_at_attach_time():
     model = nn.Linear(3, 3, dtype=torch.complex64)
-    with pytest.raises(ValueError, match=r"layer 'Linear' has a complex weight \(torch.complex64\)"):
+    with pytest.raises(ValueError, match=r"parameter 'weight' is complex \(torch.complex64\)"):
         GradientSonifier(model, wav=None)
 
 

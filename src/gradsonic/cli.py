@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 import time
+import numpy as np
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -98,7 +99,9 @@ def _cmd_info(args: argparse.Namespace) -> int:
     rec = read_recording(args.run)
     s = rec.settings
     synth, _ = synth_for(rec)
-    seconds = len(rec.steps) * synth.step_samples(len(rec.layer_names)) / synth.sample_rate
+    counts, n_steps = np.unique(rec.voice_counts, return_counts=True)
+    seconds = sum(synth.step_samples(int(k)) * int(n)
+                  for k, n in zip(counts, n_steps)) / synth.sample_rate
     first = f"{rec.steps[0]}..{rec.steps[-1]}" if len(rec.steps) else "none"
     print(f"{rec.path}: gradsonic recording, created {rec.created}, "
           f"versions {', '.join(f'{k} {v}' for k, v in rec.versions.items())}")

@@ -1,8 +1,12 @@
 """PyTorch Lightning: ``Trainer(callbacks=[SonifierCallback(wav="run.wav")])``.
 
-Needs ``pip install 'gradsonic[lightning]'``. Norms are read in ``on_before_optimizer_step``, which
-Lightning calls once per optimizer step (so gradient accumulation gives one sound per step), after
-the AMP precision plugin has unscaled the gradients and after gradient clipping. Only the global
+Needs ``pip install 'gradsonic[lightning]'``. At the start of ``fit`` the callback wraps the
+trainer's optimizers (and the AMP precision plugin's ``GradScaler``), so each optimizer step is
+heard exactly as it is applied: Lightning passes a closure that runs the training step, backward,
+AMP unscaling and gradient clipping (``gradient_clip_val``); gradsonic reads the norms right after
+the step's first closure evaluation - after clipping - once per optimizer step (gradient
+accumulation gives one sound per step; LBFGS, which evaluates the closure many times, one). A step
+the scaler skips (inf/NaN) is heard as an alarm. Only the global
 rank 0 process makes sound and files (the callback runs on every rank so that sharded strategies'
 norms can be all-reduced); the sonifier is closed at the end of ``fit`` and when training raises.
 """
@@ -36,11 +40,9 @@ class SonifierCallback(pl.Callback):
     def on_fit_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
         if self.sonifier is None:  # on every rank: rank 0 sounds, the others stay silent
             self.sonifier = GradientSonifier(pl_module, **self.kwargs)
-
-    def on_before_optimizer_step(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule",
-                                 optimizer: Any) -> None:
-        if self.sonifier is not None:
-            self.sonifier.step()
+        scaler = getattr(trainer.precision_plugin, "scaler", None)
+        for optimizer in trainer.optimizers:
+            self.sonifier.wrap(optimizer, scaler=scaler)
 
     def _close(self) -> None:
         sonifier, self.sonifier = self.sonifier, None

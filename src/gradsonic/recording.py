@@ -5,7 +5,7 @@ Format ``gradsonic-recording`` version 1 (little-endian)::
     magic       8 bytes   b"GSREC\\x00\\x01\\n"  (the second-to-last byte is the version)
     header_len  uint32    length of the JSON header that follows
     header      JSON      {"format", "version", "layer_names", "scalars", "settings", "versions",
-                           "created"}
+                           "created", "run_id", "part"}
     rows        fixed-size, one per step, until the end of the file:
                 int64 step | uint32 flags (bit 0: skipped by the optimizer) |
                 float32 norms[L] (NaN where missing) | float32 scalars[S] (NaN if not logged) |
@@ -13,7 +13,12 @@ Format ``gradsonic-recording`` version 1 (little-endian)::
 
 Rows are appended as training runs and flushed + ``fsync``-ed at least every second, so after a
 crash or SIGKILL a reader gets every complete row written until then (a torn last row is
-ignored). Memory stays flat: nothing is kept. :func:`read_recording` returns the norms as a NumPy
+ignored). Memory stays flat: nothing is kept.
+
+Voices can be added during a run (a layer unfrozen or added after attaching): the recording then
+goes on in ``run-002.gsr``, ``run-003.gsr``, ... - each a complete recording whose header lists the
+voices so far (the earlier ones first) and carries the same ``run_id`` with the next ``part``
+number. :func:`read_recording` reads the parts of a run together. :func:`read_recording` returns the norms as a NumPy
 array with the layer names and the settings the run used, so a run can be re-rendered
 (``gradsonic render``) with the same or other settings.
 """
@@ -25,6 +30,7 @@ import json
 import os
 import struct
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -63,23 +69,12 @@ class RecordSink(Sink):
                  settings: dict[str, Any], flush_interval: float = 1.0,
                  scalars: tuple[str, ...] = ()) -> None:
         self.path = check_writable(path, "record")
-        self.layer_names = tuple(layer_names)
+        self.paths = [self.path]  # every part written, in order
         self.scalar_names = tuple(scalars)
-        self._dtype = _row_dtype(len(self.layer_names), len(self.scalar_names))
-        import torch
-
-        header = json.dumps({
-            "format": "gradsonic-recording", "version": VERSION,
-            "layer_names": list(self.layer_names), "scalars": list(self.scalar_names),
-            "settings": settings,
-            "versions": {"gradsonic": __version__, "torch": torch.__version__,
-                         "numpy": np.__version__},
-            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(),
-        }).encode()
+        self.settings = settings
+        self.run_id = uuid.uuid4().hex
         try:
-            self._file = open(self.path, "wb", buffering=0)
-            self._file.write(MAGIC + struct.pack("<I", len(header)) + header)
-            os.fsync(self._file.fileno())
+            self._start(self.path, tuple(layer_names))
         except OSError as e:
             raise ConfigError(f"record={str(path)!r} cannot be written: {e}") from e
         self.closed = False
@@ -87,12 +82,42 @@ class RecordSink(Sink):
         self._last_sync = time.monotonic()
         self.rows_written = 0
 
+    def _start(self, path: Path, layer_names: tuple[str, ...]) -> None:
+        """Open ``path`` and write the header of a part with these voices."""
+        import torch
+
+        self.layer_names = layer_names
+        self._dtype = _row_dtype(len(self.layer_names), len(self.scalar_names))
+        header = json.dumps({
+            "format": "gradsonic-recording", "version": VERSION,
+            "layer_names": list(self.layer_names), "scalars": list(self.scalar_names),
+            "settings": self.settings,
+            "versions": {"gradsonic": __version__, "torch": torch.__version__,
+                         "numpy": np.__version__},
+            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+            "run_id": self.run_id, "part": len(self.paths),
+        }).encode()
+        self._file = open(path, "wb", buffering=0)
+        self._file.write(MAGIC + struct.pack("<I", len(header)) + header)
+        os.fsync(self._file.fileno())
+
+    def _next_part(self, layer_names: tuple[str, ...]) -> None:
+        """Voices were added: finish this part and go on in run-002.gsr, run-003.gsr, ..."""
+        f, self._file = self._file, None
+        os.fsync(f.fileno())
+        f.close()
+        path = part_path(self.path, len(self.paths) + 1)
+        self.paths.append(path)
+        self._start(path, layer_names)
+
     def write(self, frames: np.ndarray) -> None:  # pragma: no cover - rows come via write_steps
         pass
 
     def write_steps(self, frames: np.ndarray | None, block: StepBlock) -> None:
         if self._file is None:
             return
+        if block.layer_names and block.layer_names != self.layer_names:
+            self._next_part(block.layer_names)
         rows = np.zeros(block.count, dtype=self._dtype)
         rows["step"] = block.first_step + np.arange(block.count)
         rows["flags"] = np.where(block.skipped, FLAG_SKIPPED, 0)
@@ -124,9 +149,17 @@ class RecordSink(Sink):
                 f.close()
 
 
+def part_path(path: Path, part: int) -> Path:
+    """Where part ``part`` (2, 3, ...) of the recording at ``path`` goes: run-002.gsr, ..."""
+    return path.with_name(f"{path.stem}-{part:03d}{path.suffix}")
+
+
 @dataclass
 class Recording:
-    """A recording read back: ``norms[steps, layers]`` float32 (NaN where missing)."""
+    """A recording read back: ``norms[steps, voices]`` float32 (NaN where missing).
+
+    ``voice_counts[i]`` is how many voices (the first ones of ``layer_names``) the run had at
+    step ``i``: voices added during a run are missing before they existed."""
 
     path: Path
     layer_names: tuple[str, ...]
@@ -138,15 +171,18 @@ class Recording:
     versions: dict[str, str] = field(default_factory=dict)
     created: str = ""
     scalars: dict[str, np.ndarray] = field(default_factory=dict)  # name -> [steps], NaN if unset
+    voice_counts: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if self.voice_counts is None:
+            self.voice_counts = np.full(len(self.steps), len(self.layer_names), dtype=np.intp)
 
     @property
     def nonfinite(self) -> np.ndarray:
         return ~np.isfinite(self.norms) & ~self.missing
 
 
-def read_recording(path: str | os.PathLike[str]) -> Recording:
-    """Read a recording (also one still being written, or cut short by a crash)."""
-    p = Path(path)
+def _read_part(p: Path) -> tuple[dict[str, Any], np.ndarray]:
     try:
         raw = p.read_bytes()
     except OSError as e:
@@ -158,13 +194,48 @@ def read_recording(path: str | os.PathLike[str]) -> Recording:
                           f"reads version {VERSION}")
     (n,) = struct.unpack("<I", raw[8:12])
     header = json.loads(raw[12:12 + n])
-    names = tuple(header["layer_names"])
-    scalar_names = header.get("scalars", [])
-    dtype = _row_dtype(len(names), len(scalar_names))
+    dtype = _row_dtype(len(header["layer_names"]), len(header.get("scalars", [])))
     body = raw[12 + n:]
     rows = np.frombuffer(body[: len(body) // dtype.itemsize * dtype.itemsize], dtype=dtype)
-    return Recording(p, names, rows["step"].copy(), rows["norms"].copy(),
-                     rows["missing"].astype(bool), (rows["flags"] & FLAG_SKIPPED) > 0,
-                     header.get("settings", {}), header.get("versions", {}),
-                     header.get("created", ""),
-                     {n: rows["scalars"][:, j].copy() for j, n in enumerate(scalar_names)})
+    return header, rows
+
+
+def read_recording(path: str | os.PathLike[str]) -> Recording:
+    """Read a recording (also one still being written, or cut short by a crash), with the
+    parts that continue it (``run-002.gsr``, ... of the same run, when voices were added)."""
+    p = Path(path)
+    parts = [_read_part(p)]
+    first = parts[0][0]
+    while first.get("run_id"):
+        nxt = part_path(p, len(parts) + 1)
+        if not nxt.exists():
+            break
+        header, rows = _read_part(nxt)
+        if header.get("run_id") != first["run_id"] or header.get("part") != len(parts) + 1:
+            break
+        parts.append((header, rows))
+    names = tuple(parts[-1][0]["layer_names"])
+    scalar_names = first.get("scalars", [])
+    total = sum(len(rows) for _, rows in parts)
+    norms = np.full((total, len(names)), np.nan, dtype=np.float32)
+    missing = np.ones((total, len(names)), dtype=bool)
+    steps = np.empty(total, dtype=np.int64)
+    flags = np.empty(total, dtype=np.uint32)
+    counts = np.empty(total, dtype=np.intp)
+    scalars = np.full((total, len(scalar_names)), np.nan, dtype=np.float32)
+    at = 0
+    for header, rows in parts:
+        k = len(header["layer_names"])
+        sl = slice(at, at + len(rows))
+        norms[sl, :k] = rows["norms"]
+        missing[sl, :k] = rows["missing"].astype(bool)
+        steps[sl] = rows["step"]
+        flags[sl] = rows["flags"]
+        counts[sl] = k
+        if scalar_names:
+            scalars[sl] = rows["scalars"]
+        at += len(rows)
+    return Recording(p, names, steps, norms, missing, (flags & FLAG_SKIPPED) > 0,
+                     first.get("settings", {}), first.get("versions", {}),
+                     first.get("created", ""),
+                     {n: scalars[:, j].copy() for j, n in enumerate(scalar_names)}, counts)

@@ -16,18 +16,32 @@ from .synth import Synth
 CHUNK_STEPS = 512
 
 
-def select(recording: Recording, layers: list[str] | None = None,
-           steps: slice | None = None) -> tuple[np.ndarray, ...]:
-    """Norms, missing and skipped restricted to ``layers`` (glob patterns) and a step slice."""
+def _columns(recording: Recording, layers: list[str] | None) -> list[int]:
     cols = list(range(len(recording.layer_names)))
     if layers:
         cols = [i for i, n in enumerate(recording.layer_names)
                 if any(fnmatch.fnmatchcase(n, pat) for pat in layers)]
         if not cols:
             raise ConfigError(f"--layers {layers!r} match none of {list(recording.layer_names)}")
+    return cols
+
+
+def select(recording: Recording, layers: list[str] | None = None,
+           steps: slice | None = None) -> tuple[np.ndarray, ...]:
+    """Norms, missing and skipped restricted to ``layers`` (glob patterns) and a step slice."""
+    cols = _columns(recording, layers)
     rows = steps if steps is not None else slice(None)
     return (recording.norms[rows][:, cols], recording.missing[rows][:, cols],
             recording.skipped[rows], [recording.layer_names[i] for i in cols])
+
+
+def _runs(counts: np.ndarray) -> Iterator[tuple[int, int]]:
+    """(start, stop) of each run of equal voice counts."""
+    edges = np.flatnonzero(np.diff(counts)) + 1
+    bounds = [0, *edges.tolist(), len(counts)]
+    for lo, hi in zip(bounds[:-1], bounds[1:]):
+        if hi > lo:
+            yield lo, hi
 
 
 def synth_for(recording: Recording, **overrides: Any) -> tuple[Synth, Callable]:
@@ -46,11 +60,17 @@ def frames(recording: Recording, layers: list[str] | None = None, steps: slice |
            **overrides: Any) -> Iterator[np.ndarray]:
     """Rendered frames in chunks of ``CHUNK_STEPS`` steps (constant memory for long runs)."""
     norms, missing, skipped, _ = select(recording, layers, steps)
+    cols = np.asarray(_columns(recording, layers))
+    assert recording.voice_counts is not None
+    counts = recording.voice_counts[steps if steps is not None else slice(None)]
     synth, mapping = synth_for(recording, **overrides)
-    for lo in range(0, len(norms), CHUNK_STEPS):
-        hi = lo + CHUNK_STEPS
-        freqs, kinds = plan_tones(mapping, norms[lo:hi], missing[lo:hi], skipped[lo:hi])
-        yield synth.render(freqs, kinds)
+    for start, stop in _runs(counts):  # voices added mid-run: each stretch with its own voices
+        keep = cols < counts[start]
+        for lo in range(start, stop, CHUNK_STEPS):
+            hi = min(lo + CHUNK_STEPS, stop)
+            freqs, kinds = plan_tones(mapping, norms[lo:hi][:, keep], missing[lo:hi][:, keep],
+                                      skipped[lo:hi])
+            yield synth.render(freqs, kinds)
 
 
 def render_to_file(recording: Recording, out: str | os.PathLike[str], fmt: str = "wav",

@@ -31,7 +31,7 @@ from .sinks.base import Sink, StepBlock
 from .sinks.live import LiveSink
 from .sinks.wav import WavFormat, WavSink
 from .synth import Synth
-from .tap import NormTap, PendingNorms, StepRecord, resolve_block, select_layers
+from .tap import NormTap, PendingNorms, StepRecord, resolve_block
 
 _MAX_BATCH = 512  # steps rendered together by the worker
 
@@ -111,13 +111,15 @@ class _Worker(threading.Thread):
         stop.done.set()
 
     def _process(self, pending: list[PendingNorms]) -> None:
-        if not pending:
-            return
-        try:
-            self._process_block(pending)
-        except BaseException as e:  # a bug here must not kill the worker (training would hang)
-            self._fail("worker (audio now disabled)", e)
-            self.audio_ok = False
+        start = 0
+        for i in range(1, len(pending) + 1):  # one block per run of steps with the same voices
+            if i == len(pending) or pending[i].layer_names is not pending[start].layer_names:
+                try:
+                    self._process_block(pending[start:i])
+                except BaseException as e:  # a bug here must not kill the worker (training
+                    self._fail("worker (audio now disabled)", e)  # would hang)
+                    self.audio_ok = False
+                start = i
 
     def _process_block(self, pending: list[PendingNorms]) -> None:
         try:
@@ -128,8 +130,8 @@ class _Worker(threading.Thread):
         if self.on_step is not None:
             for i, p in enumerate(pending):
                 try:
-                    self.on_step(StepRecord(p.step, norms[i].copy(), p.missing, p.layer_names,
-                                            p.skipped))
+                    self.on_step(StepRecord(p.step, norms[i].copy(), missing[i].copy(),
+                                            p.layer_names, p.skipped))
                 except BaseException as e:
                     self._fail("on_step callback (now disabled)", e)
                     self.on_step = None
@@ -137,7 +139,7 @@ class _Worker(threading.Thread):
         block = StepBlock(pending[0].step, len(pending), self.synth.step_samples(norms.shape[1]),
                           self.synth.tone_samples,
                           np.fromiter((p.time for p in pending), float, len(pending)),
-                          norms, missing, skipped, _scalars(pending))
+                          norms, missing, skipped, _scalars(pending), pending[0].layer_names)
         self._write([s for s in self.sinks if not s.needs_frames], None, block)  # recordings
         if not self.audio_ok:
             return
@@ -204,8 +206,13 @@ def _process_rank() -> int:
     return 0
 
 
-def _stop_worker(worker: _Worker) -> None:
-    """Drain and stop a worker; runs from close(), at garbage collection, or at exit."""
+def _finish(worker: _Worker, handles: list[Any]) -> None:
+    """Remove the hooks, drain and stop the worker; runs from close(), at garbage collection
+    (hooks hold the sonifier weakly: an abandoned sonifier is collected even while its
+    optimizer lives on), or at exit."""
+    for h in handles:
+        h.remove()
+    handles.clear()
     if worker.is_alive():
         cmd = _Command("stop")
         worker.queue.put(cmd)
@@ -269,7 +276,7 @@ class GradientSonifier:
     ) -> None:
         self.mapping = resolve_mapping(mapping)
         self.synth = Synth(sample_rate, tone_duration, silence_duration, amplitude)
-        self._tap = NormTap(select_layers(model, layers))
+        self._tap = NormTap(model, layers)
         wav_format = WavFormat.parse(wav_format, "wav_format")
         if on_step is not None and not callable(on_step):
             raise ConfigTypeError(f"on_step must be a callable or None, not {on_step!r}")
@@ -332,7 +339,7 @@ class GradientSonifier:
         # Drains the worker and finalises the files on close(), when the sonifier is garbage
         # collected, or at interpreter exit - so a script that never calls close() still ends
         # with a complete WAV.
-        self._finalizer = weakref.finalize(self, _stop_worker, self._worker)
+        self._finalizer = weakref.finalize(self, _finish, self._worker, self._handles)
         if handle_sigterm:
             install_sigterm_exit()
 
@@ -347,8 +354,22 @@ class GradientSonifier:
 
     @property
     def layer_names(self) -> tuple[str, ...]:
-        """Names of the layers listened to, in the order their tones play."""
+        """Names of the voices, in the order their tones play (see :mod:`gradsonic.voices`).
+
+        With the default selection a voice is added when a parameter outside every voice gets
+        trained (a layer unfrozen or added after attaching)."""
         return self._tap.layer_names
+
+    @property
+    def layer_params(self) -> tuple[tuple[str, ...], ...]:
+        """For each voice, the names (as in ``model.named_parameters()``) of the parameters its
+        norm covers: ``sqrt(sum of their squared gradient norms)``."""
+        return tuple(self._tap.voice_params)
+
+    def summary(self) -> str:
+        """What is heard: each voice with its parameters and size, then every trainable
+        parameter that is not heard and why (torchinfo-style text; ``print(son.summary())``)."""
+        return self._tap.summary()
 
     @property
     def steps(self) -> int:
@@ -369,29 +390,34 @@ class GradientSonifier:
     def closed(self) -> bool:
         return self._closed
 
-    def wrap(self, optimizer: torch.optim.Optimizer,
-             scaler: torch.amp.GradScaler | None = None) -> torch.optim.Optimizer:
-        """Listen to every ``optimizer.step()``: norms are read just before the update.
+    def wrap(self, optimizer: Any, scaler: torch.amp.GradScaler | None = None) -> Any:
+        """Listen to every ``optimizer.step()``: the norms of the parameters it is about to update.
 
-        Returns the same optimizer object (nothing is proxied); wrapping twice is a no-op.
+        Returns the same object (nothing is proxied); wrapping twice is a no-op. Wrappers that
+        hold a torch optimizer - accelerate's ``AcceleratedOptimizer``, Lightning's
+        ``LightningOptimizer``, anything with an ``optimizer``/``_optimizer`` attribute - are
+        accepted: the optimizer inside is hooked. Every wrapped optimizer's step is one sound of
+        the voices it updates (the others are silent in it).
+
+        ``optimizer.step(closure)`` (LBFGS, Lightning) is heard right after the step's first
+        closure evaluation: the gradient at the step's starting point, after anything the
+        closure does (Lightning clips inside it). Without a closure, just before the update.
 
         With AMP, pass the ``GradScaler`` too: ``son.wrap(optimizer, scaler=scaler)``. The norms
         are then the *unscaled* ones (``scaler.step`` unscales before calling ``optimizer.step``),
         and a step the scaler skips because of inf/NaN gradients - where ``optimizer.step`` never
-        runs - is still heard, as an alarm on every layer (``record.skipped``).
+        runs - is still heard, as an alarm on every voice (``record.skipped``).
         """
-        if not isinstance(optimizer, torch.optim.Optimizer):
-            raise ConfigTypeError(
-                f"wrap() takes a torch.optim.Optimizer, not {type(optimizer).__name__}")
+        real = _torch_optimizer(optimizer)
         if scaler is not None and not callable(getattr(scaler, "step", None)):
             raise ConfigTypeError(
                 f"scaler must be a torch.amp.GradScaler, not {type(scaler).__name__}")
         self._check_open()
         if self._inert and not self._tap.sharded:
             return optimizer
-        if not any(h.optimizer() is optimizer for h in self._handles):
-            handle = optimizer.register_step_pre_hook(self._pre_step_hook)
-            self._handles.append(_Hook(handle, optimizer))
+        if not any(isinstance(h, _Hook) and h.optimizer() is real for h in self._handles):
+            handle = real.register_step_pre_hook(_step_pre_hook(weakref.ref(self)))
+            self._handles.append(_Hook(handle, real))
         if scaler is not None and not any(isinstance(h, _ScalerHook) and h.scaler() is scaler
                                           for h in self._handles):
             self._handles.append(_ScalerHook(scaler, self))
@@ -399,19 +425,25 @@ class GradientSonifier:
 
     def detach(self) -> None:
         """Remove every hook this sonifier registered. :meth:`step` still works by hand."""
-        handles, self._handles = self._handles, []
+        handles = list(self._handles)
+        self._handles.clear()  # the same list the finalizer holds
         for h in handles:
             h.remove()
 
-    def step(self) -> None:
-        """Read the current gradients' norms and queue their sound (call after backward)."""
-        self._enqueue(skipped=False)
+    def step(self, optimizer: Any = None) -> None:
+        """Read the current gradients' norms and queue their sound (call after ``backward()``).
 
-    def _enqueue(self, skipped: bool) -> None:
+        Without ``optimizer``: every parameter of the model that is in a voice (for loops that
+        update parameters by hand). With one: the parameters that optimizer holds, as a wrapped
+        optimizer's step would.
+        """
+        self._enqueue(None if optimizer is None else _torch_optimizer(optimizer), skipped=False)
+
+    def _enqueue(self, optimizer: Any, skipped: bool) -> None:
         self._check_open()
         if self._inert:
             if self._tap.sharded:  # silent, but the all-reduce needs every rank
-                pending = self._tap.collect(self._step, skipped)
+                pending = self._tap.collect(self._step, optimizer, skipped)
                 self._step += 1
                 if self._last_pending is not None:
                     self._last_pending.wait()  # done by now: one step later
@@ -419,7 +451,7 @@ class GradientSonifier:
             return
         worker = self._worker
         assert worker is not None
-        pending = self._tap.collect(self._step, skipped)
+        pending = self._tap.collect(self._step, optimizer, skipped)
         if self._logged:
             pending.scalars, self._logged = self._logged, {}
         self._step += 1
@@ -469,6 +501,11 @@ class GradientSonifier:
         if self._closed:
             return
         self._closed = True
+        if self._step == 0 and not self._inert:
+            warnings.warn(
+                "gradsonic heard no optimizer step: wrap the optimizer you step "
+                "(optimizer = son.wrap(optimizer)), or call son.step() after backward() in a "
+                "loop that updates parameters by hand", GradsonicWarning, stacklevel=2)
         try:
             self.detach()
             if self._last_pending is not None:
@@ -490,9 +527,6 @@ class GradientSonifier:
         return f"<GradientSonifier {state} layers={len(self.layer_names)} steps={self._step}>"
 
     # -- internals -----------------------------------------------------------------------
-
-    def _pre_step_hook(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
-        self.step()
 
     def _check_open(self) -> None:
         if self._closed:
@@ -516,6 +550,71 @@ class GradientSonifier:
             self._reported += 1
             warnings.warn(f"gradsonic: {where} failed: {exc!r}; training continues.\n{tb}",
                           GradsonicWarning, stacklevel=3)
+
+
+def _torch_optimizer(optimizer: Any) -> torch.optim.Optimizer:
+    """The torch optimizer inside ``optimizer`` (itself, or what a wrapper holds)."""
+    obj = optimizer
+    for _ in range(8):
+        inner = None
+        for attr in ("_optimizer", "optimizer"):
+            candidate = getattr(obj, "__dict__", {}).get(attr)
+            if isinstance(candidate, torch.optim.Optimizer) and candidate is not obj:
+                inner = candidate
+                break
+        if inner is None:
+            break
+        obj = inner
+    if isinstance(obj, torch.optim.Optimizer) and hasattr(obj, "_optimizer_step_pre_hooks"):
+        return obj
+    raise ConfigTypeError(
+        "wrap() takes a torch.optim.Optimizer or a wrapper holding one (accelerate's "
+        f"AcceleratedOptimizer, Lightning's LightningOptimizer), not {type(optimizer).__name__}")
+
+
+def _step_pre_hook(son_ref: "weakref.ref[GradientSonifier]") -> Callable[..., Any]:
+    """The optimizer step pre-hook; holds the sonifier weakly."""
+
+    def hook(optimizer: torch.optim.Optimizer, args: tuple[Any, ...],
+             kwargs: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]] | None:
+        son = son_ref()
+        if son is None or son._closed:
+            return None
+        closure = kwargs.get("closure")
+        positional = closure is None and bool(args) and callable(args[0])
+        if positional:
+            closure = args[0]
+        if closure is None:
+            son._enqueue(optimizer, skipped=False)
+            return None
+        wrapped = _FirstEvaluation(closure, son_ref, optimizer)
+        if positional:
+            return (wrapped, *args[1:]), kwargs
+        return args, {**kwargs, "closure": wrapped}
+
+    return hook
+
+
+class _FirstEvaluation:
+    """A step's closure that queues the step's norms right after its first evaluation."""
+
+    __slots__ = ("closure", "son_ref", "optimizer", "done")
+
+    def __init__(self, closure: Callable[[], Any], son_ref: "weakref.ref[GradientSonifier]",
+                 optimizer: torch.optim.Optimizer) -> None:
+        self.closure = closure
+        self.son_ref = son_ref
+        self.optimizer = optimizer
+        self.done = False
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        out = self.closure(*args, **kwargs)
+        if not self.done:
+            self.done = True
+            son = self.son_ref()
+            if son is not None and not son._closed:
+                son._enqueue(self.optimizer, skipped=False)
+        return out
 
 
 class _Hook:
@@ -554,7 +653,7 @@ class _ScalerHook:
             sonifier = son_ref()
             if (sonifier is not None and not sonifier.closed and sonifier.steps == before
                     and scaler.is_enabled()):
-                sonifier._enqueue(skipped=True)
+                sonifier._enqueue(_torch_optimizer(optimizer), skipped=True)
             return out
 
         scaler.step = step

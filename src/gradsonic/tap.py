@@ -1,37 +1,44 @@
-"""Which layers to listen to, and reading their gradient norms without stalling training.
+"""Reading the gradient norms of the parameters an optimizer is about to update.
 
-The training thread calls :meth:`NormTap.collect` once per optimizer step. It issues one fused
-``torch._foreach_norm`` per (device, dtype) group of gradients, stacks the results into one small
-vector per device and, on CUDA, starts an asynchronous copy of that vector into pinned host memory
-followed by an event. Nothing on this path waits for the device: no ``.item()``, ``.numpy()``,
-``float()`` or ``.cpu()`` of a CUDA tensor. The sonifier's worker thread later calls
-:func:`resolve_block`, which waits on the events (off the training thread) and gives the norms
-of many steps as one array (and :class:`StepRecord` objects for ``on_step``).
+The training thread calls :meth:`NormTap.collect` once per optimizer step with that optimizer (or
+``None`` for ``son.step()`` by hand, which reads the model). The tap looks at the parameters the
+optimizer holds *now* - its ``param_groups``, so replaced layers, new parametrizations,
+``add_param_group`` and unfreezing are heard - and maps each to its voice (:mod:`gradsonic.voices`).
+That mapping is cached per optimizer and rebuilt only when the list of parameters changes (one
+``tuple(map(id, ...))`` per step tells). It then issues one fused ``torch._foreach_norm`` per
+(device, dtype) group of gradients, stacks the results into one small vector per device and, on
+CUDA, starts an asynchronous copy of that vector into pinned host memory followed by an event.
+Nothing on this path waits for the device: no ``.item()``, ``.numpy()``, ``float()`` or ``.cpu()``
+of a CUDA tensor. The sonifier's worker thread later calls :func:`resolve_block`, which waits on
+the events (off the training thread) and combines parameter norms into voice norms in float64
+(``sqrt(sum of squares)``), giving the norms of many steps as one array.
 """
 
 from __future__ import annotations
 
-import fnmatch
-import re
 import time
+import warnings
+import weakref
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
-from .errors import ConfigError, ConfigTypeError
+from .errors import GradsonicWarning
+from .voices import ParamInfo, Selection, describe, unwrap_model
 
 
 @dataclass(frozen=True)
 class StepRecord:
     """The norms of one optimizer step.
 
-    ``norms`` is float32 ``[n_layers]`` in layer order; a layer with no gradient this step has
-    ``missing[i] = True`` and ``norms[i] = nan``. ``nonfinite[i]`` marks a layer whose gradient norm
-    is NaN or +-Inf (it sounds as the alarm). ``skipped`` marks a step a ``GradScaler`` skipped
-    because of inf/NaN gradients: the whole step sounds as the alarm.
+    ``norms`` is float32 ``[n_voices]`` in voice order; a voice with no gradient this step (not
+    updated by the optimizer that stepped, frozen, unused) has ``missing[i] = True`` and
+    ``norms[i] = nan``. ``nonfinite[i]`` marks a voice whose gradient norm is NaN or +-Inf (it
+    sounds as the alarm). ``skipped`` marks a step a ``GradScaler`` skipped because of inf/NaN
+    gradients: the whole step sounds as the alarm.
     """
 
     step: int
@@ -45,114 +52,47 @@ class StepRecord:
         object.__setattr__(self, "nonfinite", ~np.isfinite(self.norms) & ~self.missing)
 
 
-@dataclass(frozen=True)
-class Layer:
-    name: str
-    weight: nn.Parameter
-
-
-_ORIG_MOD = re.compile(r"^(_orig_mod\.?)+")  # torch.compile's wrapper prefix
-
-
-def _has_weight(module: nn.Module) -> bool:
-    return isinstance(getattr(module, "weight", None), nn.Parameter)
-
-
-def select_layers(model: nn.Module, layers: Sequence[Any] | None) -> list[Layer]:
-    """Resolve ``layers`` (None, modules and/or name patterns) to ordered, distinct weights.
-
-    Names are those of ``model.named_modules()`` without the ``_orig_mod.`` prefix that
-    ``torch.compile`` adds, so a compiled model has the same layer names as the plain one.
-
-    * ``None``: every submodule whose ``weight`` is a trainable Parameter, in registration order.
-    * a module: must be ``model`` or inside it, and have a ``weight`` Parameter (it may be frozen:
-      it then sounds as silence).
-    * a string: a glob pattern (``fnmatch``: ``*``, ``?``, ``[...]``) or exact name matched against
-      ``model.named_modules()`` names; it must match at least one module with a ``weight``.
-    """
-    if not isinstance(model, nn.Module):
-        raise ConfigTypeError(f"model must be a torch.nn.Module, not {type(model).__name__}")
-    from torch.nn.parallel import DataParallel, DistributedDataParallel
-
-    while isinstance(model, (DataParallel, DistributedDataParallel)):
-        model = model.module  # layer names as in the plain model, without "module."
-    named = [(_ORIG_MOD.sub("", n), m) for n, m in model.named_modules()]
-    name_of = {id(m): n for n, m in named}
-    chosen: list[Layer] = []
-
-    def add(name: str, module: nn.Module) -> None:
-        w = module.weight
-        if not any(w is c.weight for c in chosen):
-            chosen.append(Layer(name or type(module).__name__, w))
-
-    if layers is None:
-        for name, module in named:
-            if _has_weight(module) and module.weight.requires_grad:
-                add(name, module)
-        if not chosen:
-            raise ConfigError(
-                f"model {type(model).__name__} has no submodule with a trainable `weight` "
-                "Parameter; pass layers=[...] naming the modules to listen to")
-        return chosen
-
-    if isinstance(layers, (str, nn.Module)) or not isinstance(layers, Iterable):
-        raise ConfigTypeError(
-            "layers must be None or a list of modules and/or name patterns, "
-            f"not {type(layers).__name__} ({layers!r})")
-    for item in layers:
-        if isinstance(item, str):
-            hits = [(n, m) for n, m in named if fnmatch.fnmatchcase(n, item)]
-            with_weight = [(n, m) for n, m in hits if _has_weight(m)]
-            if not with_weight:
-                sample = [n for n, m in named if n and _has_weight(m)][:8]
-                what = "matches no module" if not hits else "matches only modules without a `weight`"
-                raise ConfigError(
-                    f"layer pattern {item!r} {what}; modules with weights include {sample!r}")
-            for n, m in with_weight:
-                add(n, m)
-        elif isinstance(item, nn.Module):
-            if id(item) not in name_of:
-                raise ConfigError(
-                    f"layer {type(item).__name__} ({item!r:.60}) is not a submodule of the model")
-            if not _has_weight(item):
-                raise ConfigError(
-                    f"layer {name_of[id(item)]!r} ({type(item).__name__}) has no `weight` "
-                    "Parameter; list modules such as Linear/Conv/Norm layers")
-            add(name_of[id(item)], item)
-        else:
-            raise ConfigTypeError(
-                "each entry of layers must be a torch.nn.Module or a name pattern (str), "
-                f"not {type(item).__name__} ({item!r})")
-    if not chosen:
-        raise ConfigError("layers is empty; pass None to listen to every layer with a weight")
-    return chosen
-
-
 class PendingNorms:
-    """Norms of one step on their way to the host; resolved on the worker thread."""
+    """Norms of one step on their way to the host; resolved on the worker thread.
 
-    __slots__ = ("step", "parts", "missing", "layer_names", "skipped", "time", "scalars")
+    ``parts`` hold norms of the plan's parameters (positions into ``voice_of``); the worker
+    combines them into one norm per voice.
+    """
+
+    __slots__ = ("step", "parts", "voice_of", "layer_names", "skipped", "time", "scalars")
 
     def __init__(self, step: int, parts: list[tuple[np.ndarray, torch.Tensor, Any, Any]],
-                 missing: np.ndarray, layer_names: tuple[str, ...], skipped: bool = False) -> None:
+                 voice_of: np.ndarray, layer_names: tuple[str, ...],
+                 skipped: bool = False) -> None:
         self.step = step
         self.parts = parts
-        self.missing = missing
+        self.voice_of = voice_of
         self.layer_names = layer_names
         self.skipped = skipped
         self.time = time.monotonic()
         self.scalars: dict[str, Any] | None = None  # son.log() values for this step
 
-    def fill(self, row: np.ndarray) -> None:
-        """Write this step's norms into ``row`` (NaN where missing), waiting for the device."""
-        row.fill(np.nan)
-        for positions, values, event, work in self.parts:
+    def fill(self, row: np.ndarray, missing: np.ndarray) -> None:
+        """Write this step's voice norms into ``row`` (NaN where missing), waiting for the
+        device, and the missing mask into ``missing``."""
+        values = np.empty(len(self.voice_of), dtype=np.float64)
+        present = np.zeros(len(self.voice_of), dtype=bool)
+        for positions, vec, event, work in self.parts:
             if work is not None:  # sharded gradients: the all-reduce of squared local norms
                 work.wait()
-                values = values.sqrt()
+                vec = vec.sqrt()
             if event is not None:
                 event.synchronize()
-            row[positions] = values.numpy()
+            values[positions] = vec.numpy()
+            present[positions] = True
+        voices = self.voice_of[present]
+        n = len(row)
+        # float64: squares of float32 norms above ~1.8e19 would overflow in float32
+        sq = np.bincount(voices, weights=np.square(values[present]), minlength=n)
+        missing[:] = np.bincount(voices, minlength=n) == 0
+        with np.errstate(invalid="ignore", over="ignore"):
+            row[:] = np.sqrt(sq)
+        row[missing] = np.nan
 
     def wait(self) -> None:
         """Complete this step's collectives (silent ranks of a sharded run call this)."""
@@ -162,18 +102,35 @@ class PendingNorms:
 
 
 def resolve_block(pending: Sequence[PendingNorms]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Norms ``[steps, layers]`` float32, the missing mask of that shape, skipped ``[steps]``."""
-    n_layers = len(pending[0].layer_names)
-    norms = np.empty((len(pending), n_layers), dtype=np.float32)
-    missing = np.empty((len(pending), n_layers), dtype=bool)
+    """Norms ``[steps, voices]`` float32, the missing mask of that shape, skipped ``[steps]``.
+
+    Every step of the block must have the same voices (the worker splits blocks where voices
+    were added)."""
+    n_voices = len(pending[0].layer_names)
+    norms = np.empty((len(pending), n_voices), dtype=np.float32)
+    missing = np.empty((len(pending), n_voices), dtype=bool)
     for i, p in enumerate(pending):
-        p.fill(norms[i])
-        missing[i] = p.missing
+        p.fill(norms[i], missing[i])
     skipped = np.fromiter((p.skipped for p in pending), dtype=bool, count=len(pending))
     return norms, missing, skipped
 
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+def _finite_or_wide(vec: torch.Tensor, grads: list[torch.Tensor]) -> torch.Tensor:
+    """Redo in float64 the CPU norms that overflowed float32 although the gradient is finite.
+
+    A float32 sum of squares overflows once a norm passes ~1.8e19; on CPU checking costs one
+    small reduction (no device to wait for). On CUDA the check would synchronise the training
+    thread, so there a norm past ~1.8e19 reads as +inf (an alarm).
+    """
+    if vec.device.type != "cpu" or bool(torch.isfinite(vec).all()):
+        return vec
+    out = vec.clone()
+    for i in torch.nonzero(~torch.isfinite(vec)).flatten().tolist():
+        out[i] = torch.linalg.vector_norm(grads[i], dtype=torch.float64).float()
+    return out
 
 
 def _norms(grads: list[torch.Tensor]) -> torch.Tensor:
@@ -186,7 +143,7 @@ def _norms(grads: list[torch.Tensor]) -> torch.Tensor:
     else:
         out = torch._foreach_norm(grads, 2)
     vec = torch.stack(out) if len(out) > 1 else out[0].reshape(1)
-    return vec if vec.dtype == torch.float32 else vec.float()
+    return _finite_or_wide(vec if vec.dtype == torch.float32 else vec.float(), grads)
 
 
 _STACK_MAX_NUMEL = 1 << 16  # stack CPU weights up to 256 KB (float32) ...
@@ -198,7 +155,8 @@ def _stacked_norms(grads: list[torch.Tensor]) -> torch.Tensor:
     if grads[0].layout != torch.strided:
         raise RuntimeError("sparse gradient: use the general path")
     dims = tuple(range(1, grads[0].dim() + 1))
-    return torch.linalg.vector_norm(torch.stack(grads), dim=dims, dtype=torch.float32)
+    vec = torch.linalg.vector_norm(torch.stack(grads), dim=dims, dtype=torch.float32)
+    return _finite_or_wide(vec, grads)
 
 
 def _dense(g: torch.Tensor) -> torch.Tensor:
@@ -228,91 +186,223 @@ def _dtensor_type() -> Any:
     return DTensor
 
 
-class NormTap:
-    """Collects one step's norms for a fixed list of layers with one fused reduction per group.
 
-    The common case - every layer has a dense gradient, grouped as the weights were at attach
-    time - costs one ``_foreach_norm`` + ``stack`` per (device, dtype) group and no per-layer
-    Python work beyond reading ``.grad``. Anything else (missing or sparse gradients, a model
-    moved across devices after attaching) takes the general path, which groups per step.
+
+class _Plan:
+    """How to read the norms of one list of parameters (an optimizer's, or the model's).
+
+    Built when the list changes; ``params`` are the ones heard, ``voice_of[i]`` the voice of
+    ``params[i]``. ``idle`` are heard parameters that had neither ``requires_grad`` nor a gradient
+    when the plan was built (frozen layers): the first gradient one of them gets rebuilds the plan,
+    so a layer unfrozen later is heard.
     """
 
-    def __init__(self, layers: list[Layer]) -> None:
-        self.layers = layers
-        self.layer_names = tuple(layer.name for layer in layers)
-        self._weights = [layer.weight for layer in layers]
-        for layer in layers:
-            if layer.weight.is_complex():
-                raise ConfigError(
-                    f"layer {layer.name!r} has a complex weight ({layer.weight.dtype}); gradsonic "
-                    "reads real gradient norms only: leave it out of layers")
+    __slots__ = ("sig", "params", "voice_of", "groups", "fast", "idle", "sharded")
+
+    def __init__(self, sig: tuple[int, ...], params: list[nn.Parameter], voice_of: list[int],
+                 idle: list[nn.Parameter], sharded: bool) -> None:
+        self.sig = sig
+        self.params = params
+        self.voice_of = np.asarray(voice_of, dtype=np.intp)
+        self.voice_of.setflags(write=False)
+        self.idle = idle
+        self.sharded = sharded
+        self.fast = bool(params)
         # The plan for the common step: one entry per (device, dtype) group, reduced with one
         # fused _foreach_norm - except on CPU, where foreach kernels loop over tensors in C++
         # (~4 us each): there, same-shaped small weights are stacked and reduced in one op
         # (1,000 32x32 weights: 0.9 ms instead of 3.8 ms).
-        groups: dict[tuple[torch.device, torch.dtype], list[int]] = {}
-        for i, w in enumerate(self._weights):
-            groups.setdefault((w.device, w.dtype), []).append(i)
-        self._plan: list[tuple[np.ndarray, list[int], bool]] = []  # (positions, idx, stacked)
-        for (device, _), idx in groups.items():
+        by_group: dict[tuple[torch.device, torch.dtype], list[int]] = {}
+        for i, p in enumerate(params):
+            by_group.setdefault((p.device, p.dtype), []).append(i)
+        self.groups: list[tuple[np.ndarray, list[int], bool]] = []  # (positions, idx, stacked)
+        for (device, _), idx in by_group.items():
             rest = idx
             if device.type == "cpu":
                 shapes: dict[tuple[int, ...], list[int]] = {}
                 for i in idx:
-                    if self._weights[i].numel() <= _STACK_MAX_NUMEL:
-                        shapes.setdefault(tuple(self._weights[i].shape), []).append(i)
+                    if params[i].numel() <= _STACK_MAX_NUMEL:
+                        shapes.setdefault(tuple(params[i].shape), []).append(i)
                 stacked = [same for same in shapes.values() if len(same) >= _STACK_MIN_TENSORS]
                 in_stacks = {i for same in stacked for i in same}
                 for same in stacked:
-                    self._plan.append((np.asarray(same, dtype=np.intp), same, True))
+                    self.groups.append((np.asarray(same, dtype=np.intp), same, True))
                 rest = [i for i in idx if i not in in_stacks]
             if rest:
-                self._plan.append((np.asarray(rest, dtype=np.intp), rest, False))
-        self._fast = True
-        self._none_missing = np.zeros(len(layers), dtype=bool)
-        self._none_missing.setflags(write=False)
-        dtensor = _dtensor_type()
-        #: FSDP2 (fully_shard) / DTensor weights: every rank holds a shard of each gradient
-        self.sharded = dtensor is not None and any(isinstance(w, dtensor) for w in self._weights)
-        self._dtensor = dtensor
+                self.groups.append((np.asarray(rest, dtype=np.intp), rest, False))
+
+
+_MODEL = object()  # plan key of son.step() by hand: the model's own parameters
+
+
+class NormTap:
+    """Maps the parameters being updated to voices and collects their norms, fused.
+
+    The common case - every heard parameter has a dense gradient, as when the plan was built -
+    costs one ``_foreach_norm`` + ``stack`` per (device, dtype) group and no per-parameter Python
+    work beyond reading ``.grad``. Anything else (missing or sparse gradients, parameters moved
+    across devices) takes the general path, which groups per step.
+    """
+
+    def __init__(self, model: nn.Module, layers: Sequence[Any] | None) -> None:
+        self.model = unwrap_model(model)
+        self.selection = Selection(self.model, layers)
+        self.voices: list[str] = list(self.selection.initial)
+        self._voice_index = {v: i for i, v in enumerate(self.voices)}
+        self.layer_names = tuple(self.voices)
+        #: for each voice, the qualified names of the parameters it covered when last planned
+        self.voice_params: list[tuple[str, ...]] = [() for _ in self.voices]
+        self._plans: weakref.WeakKeyDictionary[Any, _Plan] = weakref.WeakKeyDictionary()
+        self._model_plan: _Plan | None = None
+        self._dtensor = _dtensor_type()
+        self._warned_outside = False
         self._scales: dict[tuple[Any, tuple[bool, ...]], torch.Tensor] = {}
+        infos = describe(self.model)
+        self._plan_for(list(self.model.parameters()), None, infos)  # voice_params, sharded
+        complex_ = [i.name for i in infos if i.param.requires_grad and i.param.is_complex()]
+        if complex_ and self.selection.grows:
+            warnings.warn(f"gradsonic: {len(complex_)} complex parameter(s) cannot be heard "
+                          f"(real gradient norms only): {complex_[:8]}", GradsonicWarning,
+                          stacklevel=4)
+
+    @property
+    def sharded(self) -> bool:
+        """FSDP2 (fully_shard) / DTensor parameters: every rank holds a shard of each gradient."""
+        plans = [self._model_plan, *self._plans.values()]
+        return any(p is not None and p.sharded for p in plans)
+
+    # -- planning ---------------------------------------------------------------------------
+
+    def _params_of(self, optimizer: Any) -> list[nn.Parameter]:
+        if optimizer is None:
+            return list(self.model.parameters())
+        return [p for group in optimizer.param_groups for p in group["params"]]
+
+    def _plan(self, optimizer: Any) -> _Plan:
+        params = self._params_of(optimizer)
+        sig = tuple(map(id, params))
+        plan = self._model_plan if optimizer is None else self._plans.get(optimizer)
+        if plan is not None and plan.sig == sig:
+            if not plan.idle:
+                return plan
+            for p in plan.idle:
+                if p.grad is not None:
+                    break
+            else:
+                return plan
+        return self._plan_for(params, optimizer)
+
+    def _plan_for(self, params: list[nn.Parameter], optimizer: Any,
+                  infos: list[ParamInfo] | None = None) -> _Plan:
+        infos = describe(self.model) if infos is None else infos
+        by_id = {id(i.param): i for i in infos}
+        outside = [p for p in params if id(p) not in by_id]
+        if outside:
+            by_id.update(self._name_outside(params, infos, outside))
+        heard, voice_of, idle = [], [], []
+        names: dict[int, list[str]] = {}
+        for p in params:
+            info = by_id[id(p)]
+            voice = self.selection.voice_of(info)
+            if voice is None:
+                continue
+            if not (p.requires_grad or p.grad is not None):
+                idle.append(p)
+                continue
+            v = self._voice_index.get(voice)
+            if v is None:
+                if not self.selection.grows:
+                    continue
+                v = self._add_voice(voice)
+            heard.append(p)
+            voice_of.append(v)
+            names.setdefault(v, []).append(info.name)
+        for v, ns in names.items():
+            self.voice_params[v] = tuple(ns)
+        sharded = self._dtensor is not None and any(isinstance(p, self._dtensor) for p in heard)
+        plan = _Plan(tuple(map(id, params)), heard, voice_of, idle, sharded)
+        if optimizer is None:
+            self._model_plan = plan
+        else:
+            self._plans[optimizer] = plan
+        return plan
+
+    def _add_voice(self, name: str) -> int:
+        self._voice_index[name] = len(self.voices)
+        self.voices.append(name)
+        self.voice_params.append(())
+        self.layer_names = tuple(self.voices)
+        return len(self.voices) - 1
+
+    def _name_outside(self, params: list[nn.Parameter], infos: list[ParamInfo],
+                      outside: list[nn.Parameter]) -> dict[int, ParamInfo]:
+        """Names for parameters an optimizer updates that are not in the model.
+
+        A copy of the model (``copy.deepcopy``) trained instead of it has the model's parameters'
+        shapes in the same order: those take the model's names. Anything else is named by its
+        place in the optimizer, ``param_groups.G.I``, a voice of its own. Warned once.
+        """
+        out: dict[int, ParamInfo] = {}
+        model_params = [i for i in infos]
+        positional = len(params) == len(model_params) and all(
+            p.shape == i.param.shape for p, i in zip(params, model_params))
+        where: dict[int, int] = {id(p): k for k, p in enumerate(params)}
+        for p in outside:
+            k = where[id(p)]
+            if positional:
+                i = model_params[k]
+                out[id(p)] = ParamInfo(i.name, p, i.owner, i.attr, i.voice, i.bias)
+            else:
+                name = f"param_groups.{k}"
+                out[id(p)] = ParamInfo(name, p, "", name, name, False)
+        if not self._warned_outside:
+            self._warned_outside = True
+            how = ("heard under the names of the model's parameters of the same place and shape"
+                   if positional else "each heard as a voice named by its place in the optimizer")
+            warnings.warn(
+                f"gradsonic: the optimizer updates {len(outside)} parameter(s) that are not in the "
+                f"model gradsonic is attached to (a copy of it?); they are {how}. Attach the "
+                "sonifier to the model you train.", GradsonicWarning, stacklevel=6)
+        return out
+
+    # -- the step ---------------------------------------------------------------------------
 
     @torch.no_grad()
-    def collect(self, step: int, skipped: bool = False) -> PendingNorms:
-        if self.sharded:
-            return self._collect_sharded(step, skipped)
-        grads = [w.grad for w in self._weights]
-        if self._fast:
+    def collect(self, step: int, optimizer: Any = None, skipped: bool = False) -> PendingNorms:
+        """Norms of what ``optimizer`` is about to update (``None``: the model's parameters)."""
+        plan = self._plan(optimizer)
+        if plan.sharded:
+            return self._collect_sharded(plan, step, skipped)
+        grads = [p.grad for p in plan.params]
+        if plan.fast:
             for g in grads:
                 if g is None:
                     break
             else:
                 try:
                     parts = []
-                    for pos, idx, stacked in self._plan:
+                    for pos, idx, stacked in plan.groups:
                         gs = grads if len(idx) == len(grads) else [grads[i] for i in idx]
                         parts.append(_to_host(pos, _stacked_norms(gs) if stacked else _norms(gs)))
-                    return PendingNorms(step, parts, self._none_missing, self.layer_names,
-                                        skipped)
+                    return PendingNorms(step, parts, plan.voice_of, self.layer_names, skipped)
                 except RuntimeError:  # sparse gradients, weights moved across devices, ...
-                    self._fast = False
-        return self._collect_general(step, grads, skipped)
+                    plan.fast = False
+        return self._collect_general(plan, step, grads, skipped)
 
-    def _collect_sharded(self, step: int, skipped: bool) -> PendingNorms:
+    def _collect_sharded(self, plan: _Plan, step: int, skipped: bool) -> PendingNorms:
         """Sharded gradients: norm = sqrt(sum over ranks of local squared norms).
 
         One fused norm over the local shards, one asynchronous all-reduce of an
-        ``[n_layers]`` vector. Every rank must call this at the same step (the sonifier's
+        ``[n_params]`` vector. Every rank must call this at the same step (the sonifier's
         silent ranks do). Replicated (non-sharded) gradients are divided by the world size
         first so that the sum counts them once.
         """
         import torch.distributed as dist
 
-        grads = [w.grad for w in self._weights]
-        missing = np.fromiter((g is None for g in grads), dtype=bool, count=len(grads))
+        grads = [p.grad for p in plan.params]
         present = [i for i, g in enumerate(grads) if g is not None]
         if not present:
-            return PendingNorms(step, [], missing, self.layer_names, skipped)
+            return PendingNorms(step, [], plan.voice_of, self.layer_names, skipped)
         locals_, replicated = [], []
         for i in present:
             g = grads[i]
@@ -336,18 +426,16 @@ class NormTap:
         positions = np.asarray(present, dtype=np.intp)
         if sq.device.type == "cuda":
             work.wait()  # orders the current stream after the all-reduce; the host goes on
-            return PendingNorms(step, [_to_host(positions, sq.sqrt())], missing,
+            return PendingNorms(step, [_to_host(positions, sq.sqrt())], plan.voice_of,
                                 self.layer_names, skipped)
-        return PendingNorms(step, [_to_host(positions, sq, work)], missing, self.layer_names,
-                            skipped)
+        return PendingNorms(step, [_to_host(positions, sq, work)], plan.voice_of,
+                            self.layer_names, skipped)
 
-    def _collect_general(self, step: int, grads: list[torch.Tensor | None],
+    def _collect_general(self, plan: _Plan, step: int, grads: list[torch.Tensor | None],
                          skipped: bool) -> PendingNorms:
-        missing = np.zeros(len(grads), dtype=bool)
         groups: dict[tuple[torch.device, torch.dtype], tuple[list[int], list[torch.Tensor]]] = {}
         for i, g in enumerate(grads):
             if g is None:
-                missing[i] = True
                 continue
             g = _dense(g)
             entry = groups.setdefault((g.device, g.dtype), ([], []))
@@ -361,4 +449,46 @@ class NormTap:
         parts = [_to_host(np.asarray(idx, dtype=np.intp),
                           vecs[0] if len(vecs) == 1 else torch.cat(vecs))
                  for idx, vecs in by_device.values()]
-        return PendingNorms(step, parts, missing, self.layer_names, skipped)
+        return PendingNorms(step, parts, plan.voice_of, self.layer_names, skipped)
+
+    # -- what is heard ----------------------------------------------------------------------
+
+    def summary(self) -> str:
+        """A table of the voices and the trainable parameters not heard, with the reason."""
+        infos = describe(self.model)
+        heard = {n for names in self.voice_params for n in names}
+        numel = {i.name: i.param.numel() for i in infos}
+        rows = [(str(k), v, ", ".join(ns) if ns else "(none yet)",
+                 f"{sum(numel.get(n, 0) for n in ns):,}")
+                for k, (v, ns) in enumerate(zip(self.voices, self.voice_params))]
+        head = ("#", "voice", "parameters", "elements")
+        widths = [max(len(r[c]) for r in [head, *rows]) for c in range(4)]
+        widths[2] = min(widths[2], 60)
+
+        def line(r: tuple[str, ...]) -> str:
+            cells = [r[0].rjust(widths[0]), r[1].ljust(widths[1]),
+                     (r[2] if len(r[2]) <= 60 else r[2][:57] + "...").ljust(widths[2]),
+                     r[3].rjust(widths[3])]
+            return "  ".join(cells).rstrip()
+
+        trainable = [i for i in infos if i.param.requires_grad]
+        missed = [i for i in trainable if i.name not in heard]
+        weights = [i for i in trainable if not i.bias]
+        n_heard = sum(i.param.numel() for i in weights if i.name in heard)
+        n_all = sum(i.param.numel() for i in weights)
+        out = [f"gradsonic: {len(self.voices)} voices hear {n_heard:,} of {n_all:,} trainable "
+               f"non-bias parameter elements ({100.0 * n_heard / max(n_all, 1):.1f}%)",
+               line(head), "  ".join("-" * w for w in widths)]
+        out += [line(r) for r in rows]
+        if missed:
+            out.append(f"not heard ({len(missed)} trainable parameters, "
+                       f"{sum(i.param.numel() for i in missed):,} elements):")
+            reasons: dict[str, list[ParamInfo]] = {}
+            for i in missed:
+                reasons.setdefault(self.selection.why_not(i), []).append(i)
+            for why, items in reasons.items():
+                names = ", ".join(i.name for i in items[:6]) + (", ..." if len(items) > 6 else "")
+                out.append(f"  {names} ({sum(i.param.numel() for i in items):,} elements): {why}")
+        else:
+            out.append("not heard: none (every trainable parameter is in a voice)")
+        return "\n".join(out)

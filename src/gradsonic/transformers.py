@@ -1,9 +1,12 @@
 """Hugging Face transformers: ``Trainer(..., callbacks=[SonifierCallback(wav="run.wav")])``.
 
 Needs ``pip install 'gradsonic[transformers]'`` (transformers with the ``on_pre_optimizer_step``
-event, 4.41 or newer). Norms are read in ``on_pre_optimizer_step``: once per optimizer step (one
-sound per step under gradient accumulation), after gradient clipping, just before
-``optimizer.step()``. Only rank 0 makes sound and files (the callback runs on every rank so
+event, 4.41 or newer). At ``on_train_begin`` the callback wraps the Trainer's optimizer (the torch
+optimizer inside accelerate's ``AcceleratedOptimizer``, and its ``GradScaler`` under fp16), so the
+norms are read just before each update is applied: once per optimizer step (one sound per step
+under gradient accumulation), after gradient clipping; a step the scaler skips is an alarm. If no
+optimizer is passed to the callback, ``on_pre_optimizer_step`` reads the model's gradients
+instead. Only rank 0 makes sound and files (the callback runs on every rank so
 that sharded models' norms can be all-reduced). The sonifier is closed at ``on_train_end``; if training raises, it is closed when the
 process exits (or the callback is garbage collected).
 """
@@ -35,17 +38,21 @@ class SonifierCallback(TrainerCallback):
                  mapping: Any = "log", **kwargs: Any) -> None:
         self.kwargs = dict(wav=wav, layers=layers, mapping=mapping, **kwargs)
         self.sonifier: GradientSonifier | None = None
+        self._wrapped = False
 
     def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None,
-                       **kwargs: Any) -> None:
+                       optimizer: Any = None, **kwargs: Any) -> None:
         if self.sonifier is None and model is not None:  # rank 0 sounds, the others are silent
             self.sonifier = GradientSonifier(model, **self.kwargs)
+        if self.sonifier is not None and optimizer is not None:
+            self.sonifier.wrap(optimizer, scaler=getattr(optimizer, "scaler", None))
+            self._wrapped = True
 
     def on_pre_optimizer_step(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        if self.sonifier is not None:
+        if self.sonifier is not None and not self._wrapped:
             self.sonifier.step()
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        sonifier, self.sonifier = self.sonifier, None
+        sonifier, self.sonifier, self._wrapped = self.sonifier, None, False
         if sonifier is not None:
             sonifier.close()

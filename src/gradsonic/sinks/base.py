@@ -32,6 +32,7 @@ class StepBlock:
     missing: np.ndarray
     skipped: np.ndarray
     scalars: list[dict[str, float]] | None = None  # son.log() values, one dict per step
+    layer_names: tuple[str, ...] = ()  # the voices, in tone order (voices may be added later)
 
 
 class Sink:
