@@ -3,7 +3,8 @@
     python child_train.py MODE WAV [STEPS]
 
 Prints ``step N`` (flushed) after each optimizer step. MODE: ``raise`` raises RuntimeError after
-step 30; ``run`` just trains (the parent interrupts or kills it); ``sleep`` trains slowly.
+step 30; ``run`` just trains (the parent interrupts or kills it); ``sleep`` trains slowly;
+``flush`` calls ``sonifier.flush()`` after every step.
 """
 
 import sys
@@ -27,5 +28,7 @@ for i in range(steps):
     optimizer.step()
     if mode == "raise" and i + 1 == 30:
         raise RuntimeError("boom at step 30")
+    if mode == "flush":
+        sonifier.flush()
     if mode == "sleep":
         time.sleep(0.002)

@@ -19,7 +19,10 @@ from .fixtures.models import TinyMLP
 TONE = 441
 
 
-def test_lightning_callback_one_sound_per_optimizer_step_with_accumulation():
+@pytest.mark.parametrize("optimizer, clip, accumulate", [
+    ("sgd", None, 2), ("sgd", 0.05, 2), ("sgd", 0.05, 1), ("lbfgs", None, 1)])
+def test_lightning_callback_hears_each_optimizer_step_as_applied(optimizer, clip, accumulate):
+    """Post-clip norms, one sound per optimizer step (accumulation, LBFGS's many closures)."""
     import lightning.pytorch as pl
 
     from gradsonic.lightning import SonifierCallback
@@ -28,35 +31,41 @@ def test_lightning_callback_one_sound_per_optimizer_step_with_accumulation():
         def __init__(self):
             super().__init__()
             self.net = TinyMLP()
+            self.applied = {}  # global step -> norms after clipping, at the first closure call
 
         def training_step(self, batch, _):
             x, y = batch
             return ((self.net(x) - y) ** 2).mean()
 
+        def configure_gradient_clipping(self, optimizer, gradient_clip_val=None,
+                                        gradient_clip_algorithm=None):
+            super().configure_gradient_clipping(optimizer, gradient_clip_val,
+                                                gradient_clip_algorithm)
+            self.applied.setdefault(self.trainer.global_step, [
+                m.weight.grad.norm().item() for m in (self.net.fc1, self.net.fc2, self.net.head)])
+
         def configure_optimizers(self):
+            if optimizer == "lbfgs":
+                return torch.optim.LBFGS(self.parameters(), lr=0.1, max_iter=4)
             return torch.optim.SGD(self.parameters(), lr=0.05)
-
-    class Probe(pl.Callback):  # the norms as Lightning sees them at the same moment
-        def __init__(self):
-            self.norms = []
-
-        def on_before_optimizer_step(self, trainer, module, optimizer):
-            self.norms.append([m.weight.grad.norm().item()
-                               for m in (module.net.fc1, module.net.fc2, module.net.head)])
 
     torch.manual_seed(0)
     data = torch.utils.data.TensorDataset(torch.randn(64, 8), torch.randn(64, 3))
     records = []
-    probe = Probe()
     sonic = SonifierCallback(wav="lightning.wav", on_step=records.append)
-    trainer = pl.Trainer(max_steps=6, accumulate_grad_batches=2, accelerator="cpu",
-                         callbacks=[probe, sonic], logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False)
-    trainer.fit(Module(), torch.utils.data.DataLoader(data, batch_size=4))
+    module = Module()
+    trainer = pl.Trainer(max_steps=6, accumulate_grad_batches=accumulate, accelerator="cpu",
+                         gradient_clip_val=clip, callbacks=[sonic], logger=False,
+                         enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False)
+    trainer.fit(module, torch.utils.data.DataLoader(data, batch_size=4))
     assert sonic.sonifier is None  # closed at fit end
-    assert len(records) == len(probe.norms) == 6  # 12 micro-batches, 6 optimizer steps
+    applied = [module.applied[k] for k in sorted(module.applied)]
+    assert len(records) == len(applied) == 6  # one sound per optimizer step
     assert records[0].layer_names == ("net.fc1", "net.fc2", "net.head")
-    np.testing.assert_allclose(np.stack([r.norms for r in records]), probe.norms, rtol=1e-5)
+    np.testing.assert_allclose(np.stack([r.norms for r in records]), applied, rtol=1e-5)
+    if clip is not None:  # clipping happened, and what is heard is the clipped gradient
+        assert max(np.linalg.norm(r.norms) for r in records) <= clip * 1.0001
     assert soundfile.info("lightning.wav").frames == 6 * 5 * TONE
 
 

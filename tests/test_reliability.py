@@ -115,22 +115,81 @@ def test_sigkill_leaves_a_readable_file_missing_at_most_about_a_second(tmp_path)
     assert done_before > 50 and promised >= done_before * TWO_LAYER_STEP
 
 
-def test_a_file_that_stops_growing_mid_run_is_reported_once_and_training_goes_on(tmp_path):
-    """A real write failure from the kernel: the child may not grow a file past 200 kB."""
+@pytest.mark.parametrize("mode", ["run", "flush"])
+def test_a_file_that_stops_growing_is_reported_once_and_training_goes_on(tmp_path, mode):
+    """A real write failure from the kernel: the child may not grow a file past 200 kB.
+
+    ``run``: the failure lands wherever the worker's batching puts it - mid-run (a warning on the
+    training thread) or in the final drain at interpreter exit (on stderr); either way exactly one
+    report naming the file. ``flush``: son.flush() after every step, so it lands mid-run."""
     script = tmp_path / "limited.py"
     script.write_text(
         "import resource, signal, sys, runpy\n"
         "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes then fail with EFBIG\n"
         "resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, 200_000))\n"
-        f"sys.argv = ['child', 'run', 'limited.wav', '300']\n"
+        f"sys.argv = ['child', {mode!r}, 'limited.wav', '300']\n"
         f"runpy.run_path({str(CHILD)!r}, run_name='__main__')\n")
     proc = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True,
                           text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert steps_printed(proc.stdout.splitlines()) == 300  # training ran to the end
     assert proc.stderr.count("GradsonicWarning") == 1 and "File too large" in proc.stderr
+    assert "WavSink('limited.wav')" in proc.stderr  # the file is named, not an object address
     data, _ = soundfile.read(str(tmp_path / "limited.wav"), dtype="float32")
     assert 0 < data.size <= 200_000 // 4 and np.all(np.isfinite(data))
+
+
+class _FailsOnClose(Sink):
+    def __init__(self, path):
+        self.path = path
+        self.closed = False
+
+    def write(self, frames):
+        pass
+
+    def _close(self):
+        raise OSError(28, "No space left on device")
+
+
+def test_an_error_while_closing_at_garbage_collection_is_printed_once_on_stderr(capfd):
+    model = TinyMLP()
+    son = GradientSonifier(model, wav=None, sinks=[_FailsOnClose("gc.out")])
+    train_steps(model, son.wrap(torch.optim.SGD(model.parameters(), lr=0.1)), steps=2)
+    worker = son._worker
+    del son
+    gc.collect()  # never closed: finalised here, with no training thread to warn
+    worker.join(timeout=10)
+    err = capfd.readouterr().err
+    assert err.count("GradsonicWarning") == 1
+    assert "closing sink _FailsOnClose('gc.out') failed" in err and "No space left" in err
+
+
+def test_an_error_while_finishing_files_at_interpreter_exit_is_printed_once(tmp_path):
+    script = tmp_path / "exit.py"
+    script.write_text(f"""
+import torch
+from gradsonic import GradientSonifier, Sink
+class FailsOnClose(Sink):
+    path = "exit.out"
+    closed = False
+    def write(self, frames):
+        pass
+    def _close(self):
+        raise OSError(28, "No space left on device")
+model = torch.nn.Linear(4, 2)
+son = GradientSonifier(model, wav="exit.wav", sinks=[FailsOnClose()])
+opt = son.wrap(torch.optim.SGD(model.parameters(), lr=0.1))
+for _ in range(3):
+    opt.zero_grad()
+    model(torch.randn(2, 4)).sum().backward()
+    opt.step()
+""")
+    proc = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.count("GradsonicWarning") == 1, proc.stderr
+    assert "closing sink FailsOnClose('exit.out') failed" in proc.stderr
+    assert soundfile.info(str(tmp_path / "exit.wav")).frames == 3 * 3 * 441  # the WAV is whole
 
 
 def test_full_disk_at_construction_is_a_clear_error():

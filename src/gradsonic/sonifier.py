@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import queue
+import sys
 import threading
 import time
 import traceback
@@ -76,6 +77,8 @@ class _Worker(threading.Thread):
         # sink asks for (a file needs none to speak of; live audio needs ~20 ms).
         self.interval = min([s.max_delay for s in sinks], default=Sink.max_delay)
         self.errors: list[tuple[str, BaseException, str]] = []
+        self.reported = 0  # errors already reported (on the training thread or on stderr)
+        self.caller_reports = False  # close() reports what is left; at gc/exit, stderr does
         self.audio_ok = True
 
     def _fail(self, where: str, exc: BaseException) -> None:
@@ -213,6 +216,24 @@ def _finish(worker: _Worker, handles: list[Any]) -> None:
     for h in handles:
         h.remove()
     handles.clear()
+    _stop(worker)
+    if not worker.caller_reports:  # garbage collection or interpreter exit: nobody to warn
+        _print_errors(worker)
+
+
+def _print_errors(worker: _Worker) -> None:
+    """Report the worker's unreported errors on stderr (no training thread left to warn)."""
+    while worker.reported < len(worker.errors):
+        where, exc, tb = worker.errors[worker.reported]
+        worker.reported += 1
+        try:
+            print(f"GradsonicWarning: gradsonic: {where} failed: {exc!r}; the data written "
+                  f"before it is kept.\n{tb}", file=sys.stderr, flush=True)
+        except (OSError, ValueError):  # stderr closed
+            pass
+
+
+def _stop(worker: _Worker) -> None:
     if worker.is_alive():
         cmd = _Command("stop")
         worker.queue.put(cmd)
@@ -295,7 +316,6 @@ class GradientSonifier:
             raise ConfigTypeError(f"live must be True, False or a LiveSink, not {live!r}")
         self._handles = []
         self._step = 0
-        self._reported = 0
         if isinstance(scalars, str) or not all(isinstance(n, str) for n in scalars):
             raise ConfigTypeError(f"scalars must be a sequence of names, not {scalars!r}")
         if scalars and record is None:
@@ -459,7 +479,7 @@ class GradientSonifier:
             worker.queue.put(pending)
         elif not worker.errors:
             worker._fail("worker", RuntimeError("the gradsonic worker thread ended unexpectedly"))
-        if len(worker.errors) > self._reported:
+        if len(worker.errors) > worker.reported:
             self._report()
 
     def flush(self) -> None:
@@ -512,6 +532,8 @@ class GradientSonifier:
                 self._last_pending.wait()
                 self._last_pending = None
         finally:
+            if self._worker is not None:
+                self._worker.caller_reports = True
             self._finalizer()
             self._report()
 
@@ -544,10 +566,10 @@ class GradientSonifier:
         """Warn once, on the calling (training) thread, for each new worker error."""
         if self._worker is None:
             return
-        errors = self._worker.errors
-        while self._reported < len(errors):
-            where, exc, tb = errors[self._reported]
-            self._reported += 1
+        worker = self._worker
+        while worker.reported < len(worker.errors):
+            where, exc, tb = worker.errors[worker.reported]
+            worker.reported += 1
             warnings.warn(f"gradsonic: {where} failed: {exc!r}; training continues.\n{tb}",
                           GradsonicWarning, stacklevel=3)
 
@@ -580,16 +602,17 @@ def _step_pre_hook(son_ref: "weakref.ref[GradientSonifier]") -> Callable[..., An
         son = son_ref()
         if son is None or son._closed:
             return None
+        # torch passes the step's own arguments with the optimizer first: (self, closure?, ...)
         closure = kwargs.get("closure")
-        positional = closure is None and bool(args) and callable(args[0])
+        positional = closure is None and len(args) > 1 and callable(args[1])
         if positional:
-            closure = args[0]
+            closure = args[1]
         if closure is None:
             son._enqueue(optimizer, skipped=False)
             return None
         wrapped = _FirstEvaluation(closure, son_ref, optimizer)
         if positional:
-            return (wrapped, *args[1:]), kwargs
+            return (args[0], wrapped, *args[2:]), kwargs
         return args, {**kwargs, "closure": wrapped}
 
     return hook

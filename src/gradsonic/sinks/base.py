@@ -72,6 +72,11 @@ class Sink:
     def _close(self) -> None:
         pass
 
+    def __repr__(self) -> str:
+        path = getattr(self, "path", None)  # file sinks name their file in every message
+        return f"{type(self).__name__}({str(path)!r})" if path is not None else (
+            f"{type(self).__name__}()")
+
     def __enter__(self) -> "Sink":
         return self
 
