@@ -24,7 +24,7 @@ def record_run(steps=6, **kw):
     model = TinyMLP()
     records = []
     with GradientSonifier(model, wav="live.wav", record="run.gsr", on_step=records.append,
-                          **kw) as son:
+                          quiet=True, **kw) as son:
         opt = son.wrap(torch.optim.SGD(model.parameters(), lr=0.05))
         train_steps(model, opt, steps=steps)
     return records

@@ -31,7 +31,7 @@ from .sonifier import GradientSonifier
 class SonifierCallback(pl.Callback):
     """Listen to a Lightning run. Takes :class:`~gradsonic.GradientSonifier`'s arguments."""
 
-    def __init__(self, wav: str | os.PathLike[str] | None = "run.wav", layers: Any = None,
+    def __init__(self, wav: str | os.PathLike[str] | None = "auto", layers: Any = None,
                  mapping: Any = "log", **kwargs: Any) -> None:
         super().__init__()
         self.kwargs = dict(wav=wav, layers=layers, mapping=mapping, **kwargs)

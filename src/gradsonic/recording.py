@@ -38,7 +38,8 @@ from typing import Any
 import numpy as np
 
 from ._version import __version__
-from .errors import ConfigError
+from .errors import ConfigError, GradsonicError
+from .files import ExclusiveFile, FileInUseError
 from .sinks.base import Sink, StepBlock
 from .sinks.wav import check_writable
 
@@ -60,30 +61,118 @@ def _row_dtype(n_layers: int, n_scalars: int = 0) -> np.dtype:
 
 
 class RecordSink(Sink):
-    """Appends one row per step to a recording file (``GradientSonifier(record=...)``)."""
+    """Appends one row per step to a recording file (``GradientSonifier(record=...)``).
+
+    Like :class:`~gradsonic.sinks.wav.WavSink`, the file is locked without truncation in
+    :meth:`prepare` and only written in :meth:`open`; with ``resume=True`` an existing recording
+    (its settings, scalars and voices checked against this run's) is cut back to the rows the
+    sonifier keeps and appended to.
+    """
 
     needs_frames = False
     _file: Any = None
 
     def __init__(self, path: str | os.PathLike[str], layer_names: tuple[str, ...],
                  settings: dict[str, Any], flush_interval: float = 1.0,
-                 scalars: tuple[str, ...] = ()) -> None:
+                 scalars: tuple[str, ...] = (), resume: bool = False) -> None:
         self.path = check_writable(path, "record")
         self.paths = [self.path]  # every part written, in order
+        self.layer_names = tuple(layer_names)
         self.scalar_names = tuple(scalars)
-        self.settings = settings
+        self.settings = json.loads(json.dumps(settings))  # as it will read back
+        self.resume = bool(resume)
         self.run_id = uuid.uuid4().hex
-        try:
-            self._start(self.path, tuple(layer_names))
-        except OSError as e:
-            raise ConfigError(f"record={str(path)!r} cannot be written: {e}") from e
+        self.owner = "a RecordSink in this process"
+        #: with resume=True: the recording found at ``path`` (None if there was none)
+        self.existing: Recording | None = None
+        self._keep: int | None = None
+        self._locks: list[ExclusiveFile] = []
+        self._opened = False
         self.closed = False
         self.flush_interval = flush_interval
         self._last_sync = time.monotonic()
         self.rows_written = 0
 
-    def _start(self, path: Path, layer_names: tuple[str, ...]) -> None:
-        """Open ``path`` and write the header of a part with these voices."""
+    def prepare(self, sample_rate: int) -> None:
+        """Lock the file (creating it if needed, truncating nothing); to resume, read and check
+        what is there."""
+        self._locks.append(self._lock(self.path))
+        if not (self.resume and self._locks[0].existed and self.path.stat().st_size > 0):
+            return
+        rec = read_recording(self.path)
+        differ = sorted(k for k in set(rec.settings) | set(self.settings)
+                        if rec.settings.get(k) != self.settings.get(k))
+        if differ:
+            raise ConfigError(
+                f"resume: {str(self.path)!r} was recorded with other settings: "
+                + "; ".join(f"{k}: recorded {rec.settings.get(k)!r}, now "
+                            f"{self.settings.get(k)!r}" for k in differ))
+        if tuple(rec.scalars) != self.scalar_names:
+            raise ConfigError(f"resume: {str(self.path)!r} stores scalars {list(rec.scalars)}; "
+                              f"this run declares {list(self.scalar_names)}")
+        self.existing = rec
+        for part in rec.parts[1:]:
+            self._locks.append(self._lock(part.path))
+
+    def _lock(self, path: Path) -> ExclusiveFile:
+        try:
+            return ExclusiveFile(path, self.owner, "record")
+        except FileInUseError:
+            raise
+        except OSError as e:
+            raise ConfigError(f"record={str(path)!r} cannot be opened for writing: {e}") from e
+
+    def resume_at(self, rows: int, layer_names: tuple[str, ...]) -> None:
+        """Keep the first ``rows`` rows of the existing recording; go on with these voices."""
+        if self.existing is None or not 0 <= rows <= len(self.existing.steps):
+            raise ValueError(f"cannot keep {rows} rows")
+        self._keep = rows
+        self.layer_names = layer_names
+
+    def open(self, sample_rate: int) -> None:
+        if not self._locks:
+            self.prepare(sample_rate)
+        try:
+            if self.existing is not None and self._keep is not None and self._keep > 0:
+                self._continue(self.existing, self._keep)
+            else:
+                self._locks[0].file.truncate(0)  # type: ignore[union-attr]
+                for lock in self._locks[1:]:  # later parts of a run resumed from its start
+                    lock.close()
+                    os.unlink(lock.path)
+                del self._locks[1:]
+                self._start(self._locks[0], self.layer_names)
+        except OSError as e:
+            raise ConfigError(f"record={str(self.path)!r} cannot be written: {e}") from e
+        self._opened = True
+
+    def _continue(self, rec: "Recording", keep: int) -> None:
+        """Cut the recording back to ``keep`` rows (dropping later parts) and append."""
+        self.run_id = rec.run_id or self.run_id
+        at = 0
+        for i, part in enumerate(rec.parts):
+            if at + part.rows >= keep:
+                break
+            at += part.rows
+        for lock in self._locks[i + 1:]:
+            lock.close()
+            os.unlink(lock.path)
+        del self._locks[i + 1:]
+        self.paths = [p.path for p in rec.parts[:i + 1]]
+        names = rec.parts[i].layer_names
+        self._dtype = _row_dtype(len(names), len(self.scalar_names))
+        f = self._locks[i].file
+        end = part.header_bytes + (keep - at) * self._dtype.itemsize
+        f.truncate(end)  # a torn last row from a crash goes too
+        f.seek(end)
+        self._file = f
+        if names != self.layer_names:  # the run goes on with more voices
+            self._next_part(self.layer_names)
+        else:
+            os.fsync(f.fileno())
+
+    def _start(self, lock: ExclusiveFile, layer_names: tuple[str, ...]) -> None:
+        """Write the header of a part with these voices into the locked, empty file."""
         import torch
 
         self.layer_names = layer_names
@@ -97,18 +186,21 @@ class RecordSink(Sink):
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(),
             "run_id": self.run_id, "part": len(self.paths),
         }).encode()
-        self._file = open(path, "wb", buffering=0)
+        self._file = lock.file
+        self._file.seek(0)
         self._file.write(MAGIC + struct.pack("<I", len(header)) + header)
         os.fsync(self._file.fileno())
 
     def _next_part(self, layer_names: tuple[str, ...]) -> None:
         """Voices were added: finish this part and go on in run-002.gsr, run-003.gsr, ..."""
-        f, self._file = self._file, None
-        os.fsync(f.fileno())
-        f.close()
+        os.fsync(self._file.fileno())
+        self._file = None
         path = part_path(self.path, len(self.paths) + 1)
+        lock = self._lock(path)
+        self._locks.append(lock)
+        lock.file.truncate(0)  # type: ignore[union-attr]
         self.paths.append(path)
-        self._start(path, layer_names)
+        self._start(lock, layer_names)
 
     def write(self, frames: np.ndarray) -> None:  # pragma: no cover - rows come via write_steps
         pass
@@ -142,16 +234,32 @@ class RecordSink(Sink):
 
     def _close(self) -> None:
         f, self._file = self._file, None
-        if f is not None:
-            try:
+        locks, self._locks = self._locks, []
+        try:
+            if f is not None and self._opened:
                 os.fsync(f.fileno())
-            finally:
-                f.close()
+        finally:
+            for lock in locks:
+                lock.close(discard=not self._opened)
 
 
 def part_path(path: Path, part: int) -> Path:
     """Where part ``part`` (2, 3, ...) of the recording at ``path`` goes: run-002.gsr, ..."""
     return path.with_name(f"{path.stem}-{part:03d}{path.suffix}")
+
+
+class RecordingError(GradsonicError, ValueError):
+    """A recording is truncated, corrupted or not a recording; the message names the file."""
+
+
+@dataclass(frozen=True)
+class Part:
+    """One file of a recording: where it is, its header's size, its rows and voices."""
+
+    path: Path
+    header_bytes: int
+    rows: int
+    layer_names: tuple[str, ...]
 
 
 @dataclass
@@ -172,6 +280,8 @@ class Recording:
     created: str = ""
     scalars: dict[str, np.ndarray] = field(default_factory=dict)  # name -> [steps], NaN if unset
     voice_counts: np.ndarray | None = None
+    run_id: str | None = None
+    parts: list[Part] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.voice_counts is None:
@@ -182,41 +292,105 @@ class Recording:
         return ~np.isfinite(self.norms) & ~self.missing
 
 
-def _read_part(p: Path) -> tuple[dict[str, Any], np.ndarray]:
+def _str_list(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(v, str) for v in value)
+
+
+def _check_header(header: Any, p: Path) -> dict[str, Any]:
+    """The header as a dict with the fields readers use, each of the right type."""
+    bad = None
+    if not isinstance(header, dict):
+        bad = f"is {type(header).__name__}, not an object"
+    elif not _str_list(header.get("layer_names")):
+        bad = "has no list of voice names ('layer_names')"
+    elif not _str_list(header.get("scalars", [])):
+        bad = "has a 'scalars' entry that is not a list of names"
+    elif not isinstance(header.get("settings", {}), dict):
+        bad = f"has settings {header.get('settings')!r}, not an object"
+    elif not isinstance(header.get("versions", {}), dict):
+        bad = "has a 'versions' entry that is not an object"
+    elif not isinstance(header.get("run_id"), (str, type(None))):
+        bad = "has a 'run_id' that is not a string"
+    elif not isinstance(header.get("part", 1), int) or isinstance(header.get("part"), bool):
+        bad = "has a 'part' that is not a number"
+    if bad is not None:
+        raise RecordingError(f"{str(p)!r}: the recording's header {bad} (corrupted?)")
+    return header
+
+
+def _check_settings(settings: dict[str, Any], p: Path) -> None:
+    """Settings a renderer can use: a valid synth and a rebuildable (or custom) mapping."""
+    from .mapping import mapping_from_settings
+    from .synth import Synth
+
+    kw = {k: settings[k] for k in ("sample_rate", "tone_duration", "silence_duration",
+                                   "amplitude") if settings.get(k) is not None}
+    mapping = settings.get("mapping", {"kind": "log"})
+    try:
+        Synth(**kw)
+        if not isinstance(mapping, dict):
+            raise ConfigError(f"mapping is {mapping!r}")
+        if mapping.get("kind") != "custom":
+            mapping_from_settings(mapping)
+    except (ConfigError, TypeError, ValueError) as e:
+        raise RecordingError(f"{str(p)!r}: the recording's settings are not usable ({e}); "
+                             "corrupted?") from None
+
+
+def _read_part(p: Path) -> tuple[dict[str, Any], np.ndarray, int]:
+    """Header, rows (whole ones only) and header size of one recording file."""
     try:
         raw = p.read_bytes()
     except OSError as e:
-        raise ConfigError(f"cannot read recording {str(p)!r}: {e}") from e
-    if raw[:6] != MAGIC[:6]:
-        raise ConfigError(f"{str(p)!r} is not a gradsonic recording (bad magic)")
-    if raw[6] != VERSION:
-        raise ConfigError(f"{str(p)!r} is recording format version {raw[6]}; this gradsonic "
-                          f"reads version {VERSION}")
+        raise RecordingError(f"cannot read recording {str(p)!r}: {e}") from e
+    if not raw or raw[:6] != MAGIC[:6][:len(raw)]:
+        raise RecordingError(f"{str(p)!r} is not a gradsonic recording (bad magic)")
+    if len(raw) < 12:
+        raise RecordingError(f"{str(p)!r} is cut short: {len(raw)} bytes, less than a "
+                             "recording's 12-byte preamble")
+    if raw[6] != VERSION or raw[7:8] != MAGIC[7:8]:
+        raise RecordingError(f"{str(p)!r} is recording format version {raw[6]}; this "
+                             f"gradsonic reads version {VERSION}")
     (n,) = struct.unpack("<I", raw[8:12])
-    header = json.loads(raw[12:12 + n])
+    if 12 + n > len(raw):
+        raise RecordingError(f"{str(p)!r} is cut short inside its header ({len(raw) - 12} of "
+                             f"{n} header bytes)")
+    try:
+        header = json.loads(raw[12:12 + n].decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as e:
+        raise RecordingError(f"{str(p)!r}: the recording's header is not valid JSON ({e}); "
+                             "corrupted?") from None
+    header = _check_header(header, p)
     dtype = _row_dtype(len(header["layer_names"]), len(header.get("scalars", [])))
     body = raw[12 + n:]
     rows = np.frombuffer(body[: len(body) // dtype.itemsize * dtype.itemsize], dtype=dtype)
-    return header, rows
+    return header, rows, 12 + n
 
 
 def read_recording(path: str | os.PathLike[str]) -> Recording:
     """Read a recording (also one still being written, or cut short by a crash), with the
-    parts that continue it (``run-002.gsr``, ... of the same run, when voices were added)."""
+    parts that continue it (``run-002.gsr``, ... of the same run, when voices were added).
+
+    Raises :class:`RecordingError` (a ``ValueError``) naming the file for anything truncated,
+    corrupted or not a recording."""
     p = Path(path)
     parts = [_read_part(p)]
     first = parts[0][0]
+    _check_settings(first.get("settings", {}), p)
     while first.get("run_id"):
         nxt = part_path(p, len(parts) + 1)
         if not nxt.exists():
             break
-        header, rows = _read_part(nxt)
-        if header.get("run_id") != first["run_id"] or header.get("part") != len(parts) + 1:
+        header, rows, size = _read_part(nxt)
+        prev = parts[-1][0]["layer_names"]
+        if (header.get("run_id") != first["run_id"] or header.get("part") != len(parts) + 1
+                or header["layer_names"][:len(prev)] != prev
+                or header.get("scalars", []) != first.get("scalars", [])):
             break
-        parts.append((header, rows))
+        parts.append((header, rows, size))
     names = tuple(parts[-1][0]["layer_names"])
     scalar_names = first.get("scalars", [])
-    total = sum(len(rows) for _, rows in parts)
+    total = sum(len(rows) for _, rows, _ in parts)
     norms = np.full((total, len(names)), np.nan, dtype=np.float32)
     missing = np.ones((total, len(names)), dtype=bool)
     steps = np.empty(total, dtype=np.int64)
@@ -224,7 +398,8 @@ def read_recording(path: str | os.PathLike[str]) -> Recording:
     counts = np.empty(total, dtype=np.intp)
     scalars = np.full((total, len(scalar_names)), np.nan, dtype=np.float32)
     at = 0
-    for header, rows in parts:
+    infos = []
+    for i, (header, rows, size) in enumerate(parts):
         k = len(header["layer_names"])
         sl = slice(at, at + len(rows))
         norms[sl, :k] = rows["norms"]
@@ -235,7 +410,10 @@ def read_recording(path: str | os.PathLike[str]) -> Recording:
         if scalar_names:
             scalars[sl] = rows["scalars"]
         at += len(rows)
+        infos.append(Part(p if i == 0 else part_path(p, i + 1), size, len(rows),
+                          tuple(header["layer_names"])))
     return Recording(p, names, steps, norms, missing, (flags & FLAG_SKIPPED) > 0,
                      first.get("settings", {}), first.get("versions", {}),
-                     first.get("created", ""),
-                     {n: scalars[:, j].copy() for j, n in enumerate(scalar_names)}, counts)
+                     str(first.get("created", "")),
+                     {n: scalars[:, j].copy() for j, n in enumerate(scalar_names)}, counts,
+                     first.get("run_id"), infos)

@@ -17,6 +17,7 @@ import traceback
 import warnings
 import weakref
 from dataclasses import dataclass
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Callable, Iterable, Sequence
 
@@ -26,11 +27,12 @@ from torch import nn
 
 from ._signals import install_sigterm_exit
 from .errors import ConfigError, ConfigTypeError, GradsonicError, GradsonicWarning
+from .files import new_run_folder
 from .mapping import ALARM, SILENT, MappingLike, mapping_settings, plan_tones, resolve_mapping
 from .recording import RecordSink
 from .sinks.base import Sink, StepBlock
 from .sinks.live import LiveSink
-from .sinks.wav import WavFormat, WavSink
+from .sinks.wav import WavFormat, WavSink, check_writable
 from .synth import Synth
 from .tap import NormTap, PendingNorms, StepRecord, resolve_block
 
@@ -245,17 +247,26 @@ class GradientSonifier:
 
     Args:
         model: the model whose layers to listen to.
-        layers: ``None`` (every submodule with a trainable ``weight``, registration order), or a
-            list of modules and/or glob patterns matched against ``model.named_modules()`` names.
-        wav: path of the WAV file to stream to, or ``None`` for no file.
+        layers: ``None`` (every trainable parameter but biases, in voices: see
+            :mod:`gradsonic.voices`), or a list of modules, parameters, names and glob patterns.
+        wav: ``"auto"`` (default): ``run.wav`` in this run's folder (``run_dir``); a path, written
+            as given; or ``None`` for no WAV.
         mapping: ``"log"`` (default, see :class:`~gradsonic.mapping.LogMapping`), ``"seed"``
             (``200 + 100 * norm`` Hz), or any callable ``norms -> Hz``.
         sample_rate, tone_duration, silence_duration, amplitude: the sound layout; one tone of
             ``tone_duration`` s per layer, then ``silence_duration`` s (default 2 tone lengths).
         on_step: ``callable(record: StepRecord)``, called on the worker thread in step order.
         wav_format: ``"float32"`` (default) or ``"pcm16"``.
-        record: path of a norm recording (:mod:`gradsonic.recording`) to stream every step's
-            norms and the settings to; ``gradsonic render``/``info`` read it.
+        record: the norm recording (:mod:`gradsonic.recording`) of every step's norms and the
+            settings, which ``gradsonic render``/``info``/``plot`` read: ``"auto"`` (default):
+            ``run.gsr`` in this run's folder when the WAV is there too (``wav="auto"``), else
+            none; a path; or ``None``.
+        run_dir: the folder of this run's ``"auto"`` files. ``None`` (default): a fresh
+            ``gradsonic-runs/<date>-<time>-<host>-<pid>/``, so no run ever overwrites another.
+        resume: append to the WAV and recording already there (a preempted job started again
+            with the same ``run_dir`` or paths): steps continue from the last complete one, after
+            a torn tail is cut back; settings and voices must match. Missing files start fresh.
+        quiet: do not print the line saying where the files go.
         scalars: names of extra per-step values stored in the recording via :meth:`log`.
         live: ``True`` to play through the speakers (PyAudio, policy ``"drop"``), or a
             :class:`~gradsonic.sinks.live.LiveSink` for device, policy and latency. Without
@@ -278,7 +289,7 @@ class GradientSonifier:
         self,
         model: nn.Module,
         layers: Sequence[nn.Module | str] | None = None,
-        wav: str | os.PathLike[str] | None = "run.wav",
+        wav: str | os.PathLike[str] | None = "auto",
         mapping: MappingLike = "log",
         sample_rate: int = 44100,
         tone_duration: float = 0.01,
@@ -286,7 +297,10 @@ class GradientSonifier:
         amplitude: float = 0.1,
         on_step: Callable[[StepRecord], Any] | None = None,
         *,
-        record: str | os.PathLike[str] | None = None,
+        record: str | os.PathLike[str] | None = "auto",
+        run_dir: str | os.PathLike[str] | None = None,
+        resume: bool = False,
+        quiet: bool = False,
         scalars: Sequence[str] = (),
         live: bool | LiveSink = False,
         wav_format: str = "float32",
@@ -318,8 +332,21 @@ class GradientSonifier:
         self._step = 0
         if isinstance(scalars, str) or not all(isinstance(n, str) for n in scalars):
             raise ConfigTypeError(f"scalars must be a sequence of names, not {scalars!r}")
+        for name, value in (("resume", resume), ("quiet", quiet)):
+            if not isinstance(value, bool):
+                raise ConfigTypeError(f"{name} must be True or False, not {value!r}")
+        if run_dir is not None and not isinstance(run_dir, (str, os.PathLike)):
+            raise ConfigTypeError(f"run_dir must be a folder path or None, not {run_dir!r}")
+        if run_dir is not None and Path(run_dir).exists() and not Path(run_dir).is_dir():
+            raise ConfigError(f"run_dir={str(run_dir)!r} exists and is not a folder")
+        if record == "auto" and wav != "auto":
+            record = None  # the recording comes by default with the per-run folder only
         if scalars and record is None:
             raise ConfigError("scalars are stored in the recording: pass record=... too")
+        if resume and run_dir is None and "auto" in (wav, record):
+            raise ConfigError(
+                "resume=True continues the files of an earlier run: name them with "
+                "run_dir='runs/my-job' (or explicit wav=/record= paths) in both runs")
         self._scalar_names = tuple(scalars)
         self._logged: dict[str, Any] = {}
         if rank is not None and _process_rank() != rank:
@@ -331,16 +358,40 @@ class GradientSonifier:
             self._closed = False
             self._finalizer = lambda: None
             return
+        folder = Path(run_dir) if run_dir is not None else None
+        for what, path in (("wav", wav), ("record", record)):
+            if path is not None and path != "auto":
+                check_writable(path, what)
+        made_folder: Path | None = None
         out: list[Sink] = []
         try:
+            if "auto" in (wav, record):
+                if folder is None:
+                    folder = made_folder = new_run_folder()
+                elif not folder.exists():
+                    folder.mkdir(parents=True)
+                    made_folder = folder
+            owner = f"the GradientSonifier created at {_caller()}"
             if wav is not None:
-                out.append(WavSink(wav, format=wav_format))
+                wav_sink = WavSink(folder / "run.wav" if wav == "auto" else wav,
+                                   format=wav_format, resume=resume)
+                wav_sink.owner = owner
+                out.append(wav_sink)
             if live is not False:
                 out.append(LiveSink() if live is True else live)
             if record is not None:
-                out.append(RecordSink(record, self._tap.layer_names, self.settings(),
-                                      scalars=self._scalar_names))
+                rec_sink = RecordSink(folder / "run.gsr" if record == "auto" else record,
+                                      self._tap.layer_names, self.settings(),
+                                      scalars=self._scalar_names, resume=resume)
+                rec_sink.owner = owner
+                out.append(rec_sink)
             out.extend(extra)
+            # Lock every file and check what is there before anything is truncated or written:
+            # a constructor that raises leaves the disk as it was.
+            for s in out:
+                s.prepare(self.synth.sample_rate)
+            if resume:
+                self._resume([s for s in out if isinstance(s, (WavSink, RecordSink))])
             for s in out:
                 s.open(self.synth.sample_rate)
         except BaseException:
@@ -348,6 +399,11 @@ class GradientSonifier:
                 try:
                     s.close()
                 except Exception:  # the original error is the one to report
+                    pass
+            if made_folder is not None:
+                try:
+                    made_folder.rmdir()  # only if empty
+                except OSError:
                     pass
             raise
         out = [s for s in out if not s.closed]  # e.g. live audio without a device: warned
@@ -362,6 +418,14 @@ class GradientSonifier:
         self._finalizer = weakref.finalize(self, _finish, self._worker, self._handles)
         if handle_sigterm:
             install_sigterm_exit()
+        files = [p for s in self.sinks for p in ([s.path] if isinstance(s, (WavSink, RecordSink))
+                                                 else [])]
+        if files and not quiet:  # one line, like Lightning's log dir line
+            where = (f"{folder}{os.sep} ({', '.join(p.name for p in files)})"
+                     if folder is not None and all(p.parent == folder for p in files)
+                     else ", ".join(str(p) for p in files))
+            resumed = f", resumed at step {self._step}" if self._step else ""
+            print(f"gradsonic: writing {where}{resumed}", file=sys.stderr, flush=True)
 
     # -- public surface ------------------------------------------------------------------
 
@@ -550,6 +614,37 @@ class GradientSonifier:
 
     # -- internals -----------------------------------------------------------------------
 
+    def _resume(self, sinks: list[Sink]) -> None:
+        """Cut the WAV and the recording back to the steps both hold whole, and go on there."""
+        wav = next((s for s in sinks if isinstance(s, WavSink)), None)
+        rec_sink = next((s for s in sinks if isinstance(s, RecordSink)), None)
+        rec = rec_sink.existing if rec_sink is not None else None
+        names = self._tap.layer_names
+        if rec is not None:
+            names = self._tap.adopt_voices(rec.layer_names, rec.path)
+            counts = rec.voice_counts
+            steps = len(rec.steps)
+        else:
+            counts = None
+            steps = None
+        if wav is not None and wav.existing_frames is not None:
+            if counts is not None:
+                ends = np.cumsum([self.synth.step_samples(int(k)) for k in counts])
+                whole = int(np.searchsorted(ends, wav.existing_frames, side="right"))
+            else:
+                whole = wav.existing_frames // self.synth.step_samples(len(names))
+            steps = whole if steps is None else min(steps, whole)
+        if not steps:
+            steps = 0
+        if wav is not None and wav.existing_frames is not None:
+            frames = (int(np.sum([self.synth.step_samples(int(k)) for k in counts[:steps]]))
+                      if counts is not None else steps * self.synth.step_samples(len(names)))
+            wav.resume_at(frames)
+        if rec_sink is not None and rec is not None:
+            rec_sink.resume_at(steps, names)
+        if steps:
+            self._step = int(rec.steps[steps - 1]) + 1 if rec is not None else steps
+
     def _check_open(self) -> None:
         if self._closed:
             raise ClosedError("this GradientSonifier is closed; create a new one to listen again")
@@ -572,6 +667,15 @@ class GradientSonifier:
             worker.reported += 1
             warnings.warn(f"gradsonic: {where} failed: {exc!r}; training continues.\n{tb}",
                           GradsonicWarning, stacklevel=3)
+
+
+def _caller() -> str:
+    """``file:line`` of the code that created the sonifier (for 'who writes this file')."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    for frame in reversed(traceback.extract_stack()[:-1]):
+        if not os.path.abspath(frame.filename).startswith(here):
+            return f"{frame.filename}:{frame.lineno}"
+    return "unknown"
 
 
 def _torch_optimizer(optimizer: Any) -> torch.optim.Optimizer:

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .errors import GradsonicWarning
+from .errors import ConfigError, GradsonicWarning
 from .voices import ParamInfo, Selection, describe, unwrap_model
 
 
@@ -364,6 +364,28 @@ class NormTap:
                 f"model gradsonic is attached to (a copy of it?); they are {how}. Attach the "
                 "sonifier to the model you train.", GradsonicWarning, stacklevel=6)
         return out
+
+    def adopt_voices(self, recorded: tuple[str, ...], where: Any) -> tuple[str, ...]:
+        """Continue a recorded run: take its voices (in its order) if this model's are among
+        them, else raise naming the difference."""
+        current = tuple(self.voices)
+        if recorded == current:
+            return current
+        if not (self.selection.grows and set(current) <= set(recorded)):
+            gone = [v for v in recorded if v not in current]
+            new = [v for v in current if v not in recorded]
+            raise ConfigError(
+                f"resume: {str(where)!r} has voices {list(recorded)}; this model has "
+                f"{list(current)} (recorded only: {gone}; new: {new}). Resume with the same "
+                "model and layers=, or start a new run")
+        by_name = dict(zip(self.voices, self.voice_params))
+        self.voices = list(recorded)
+        self._voice_index = {v: i for i, v in enumerate(self.voices)}
+        self.voice_params = [by_name.get(v, ()) for v in self.voices]
+        self.layer_names = tuple(self.voices)
+        self._plans = weakref.WeakKeyDictionary()
+        self._plan_for(list(self.model.parameters()), None)
+        return self.layer_names
 
     # -- the step ---------------------------------------------------------------------------
 

@@ -34,7 +34,7 @@ if not hasattr(TrainerCallback, "on_pre_optimizer_step"):
 class SonifierCallback(TrainerCallback):
     """Listen to a ``transformers.Trainer`` run. Takes :class:`GradientSonifier`'s arguments."""
 
-    def __init__(self, wav: str | os.PathLike[str] | None = "run.wav", layers: Any = None,
+    def __init__(self, wav: str | os.PathLike[str] | None = "auto", layers: Any = None,
                  mapping: Any = "log", **kwargs: Any) -> None:
         self.kwargs = dict(wav=wav, layers=layers, mapping=mapping, **kwargs)
         self.sonifier: GradientSonifier | None = None

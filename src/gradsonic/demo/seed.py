@@ -118,6 +118,7 @@ def train_preset(
     sonifier = None
     if sonify:
         sonifier_kwargs.setdefault("mapping", "seed")
+        sonifier_kwargs.setdefault("quiet", True)  # the demo prints its own list of files
         sonifier = GradientSonifier(model, layers=model.ordered_layers(), wav=wav,
                                     on_step=records.append, **sonifier_kwargs)
         optimizer = sonifier.wrap(optimizer)  # the two lines that attach gradsonic

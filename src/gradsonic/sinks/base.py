@@ -43,6 +43,10 @@ class Sink:
     #: for the smallest ``max_delay`` among its sinks: longer batches cost training less.
     max_delay: float = 0.1
 
+    def prepare(self, sample_rate: int) -> None:
+        """Called first, for every sink, before any sink is opened: take locks, check what is
+        there - and touch nothing, so that a failure leaves the disk as it was."""
+
     def open(self, sample_rate: int) -> None:
         """Called once by the sonifier before the first write, with its sample rate."""
 

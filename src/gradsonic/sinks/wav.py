@@ -10,6 +10,10 @@ a longer run goes on in ``run-002.wav``, ``run-003.wav``, ... (each a complete W
 second of the latest audio, plus the steps the sonifier's worker had not yet received (it
 collects steps for up to ``max_delay`` = 0.1 s). ``close()`` writes the final header.
 
+The file is opened without truncation and locked (:class:`gradsonic.files.ExclusiveFile`) in
+:meth:`WavSink.prepare`; only :meth:`WavSink.open` truncates it - or, with ``resume=True``, cuts it
+back to the whole steps the sonifier keeps and appends after them.
+
 Samples are float32 as rendered; for ``"pcm16"`` they are clipped to [-1, 1] and stored as
 ``round(x * 32767)``.
 """
@@ -17,6 +21,7 @@ Samples are float32 as rendered; for ``"pcm16"`` they are clipped to [-1, 1] and
 from __future__ import annotations
 
 import os
+import stat
 import struct
 import time
 from pathlib import Path
@@ -26,6 +31,7 @@ import numpy as np
 
 from .._options import StrEnum, check_number
 from ..errors import ConfigError, ConfigTypeError, SinkError
+from ..files import ExclusiveFile, FileInUseError
 from .base import Sink
 
 _WAVE_FORMAT_PCM = 1
@@ -61,37 +67,81 @@ class WavSink(Sink):
     max_data_bytes: int = _MAX_DATA_BYTES
 
     def __init__(self, path: str | os.PathLike[str], format: str = "float32",
-                 flush_interval: float = 1.0) -> None:
+                 flush_interval: float = 1.0, resume: bool = False) -> None:
         self.path = check_writable(path)
         self.format = WavFormat.parse(format, "wav format")
         self.flush_interval = check_number(flush_interval, "flush_interval (seconds)",
                                            allow_low=True)
+        self.resume = bool(resume)
         self.sample_rate: int | None = None
         self.frames_written = 0  # in the current file
         self.total_frames = 0  # in all files
         self.paths = [self.path]  # every file written, in order
-        try:
-            self._file = self._open(self.path)
-        except OSError as e:
-            raise ConfigError(f"wav={str(path)!r} cannot be opened for writing: {e}") from e
+        #: who writes the file, for the error a second writer gets
+        self.owner = "a WavSink in this process"
+        #: with resume=True: frames found in an existing file (whole or not), else None
+        self.existing_frames: int | None = None
+        self._keep: int | None = None
+        self._lock: ExclusiveFile | None = None
+        self._opened = False
         self.closed = False
         self._last_sync = time.monotonic()
         self._header_frames = -1
 
+    def prepare(self, sample_rate: int) -> None:
+        """Lock the file (creating it if needed, truncating nothing) and, to resume, read it."""
+        self.sample_rate = int(sample_rate)
+        try:
+            self._lock = ExclusiveFile(self.path, self.owner, "wav")
+        except FileInUseError:
+            raise
+        except OSError as e:
+            raise ConfigError(f"wav={str(self.path)!r} cannot be opened for writing: {e}") from e
+        self._file = self._lock.file
+        if self.resume and self._lock.existed:
+            self.existing_frames = self._existing_frames()
+
+    def _existing_frames(self) -> int:
+        """Frames of audio in the file to resume (those past a stale header too)."""
+        assert self._file is not None
+        raw = self._file.read(4096)
+        size = os.fstat(self._file.fileno()).st_size
+        if size == 0:
+            return 0
+        ours = self._header()
+        fmt_end = 20 + struct.unpack("<I", ours[16:20])[0]  # "WAVE" + the fmt chunk
+        same = (len(raw) >= len(ours) and raw[:4] == b"RIFF" and raw[12:fmt_end] == ours[12:fmt_end]
+                and raw[len(ours) - 8:len(ours) - 4] == b"data")
+        if not same:
+            found = _describe_header(raw)
+            raise ConfigError(
+                f"resume: {str(self.path)!r} is {found}; this sonifier writes gradsonic's "
+                f"{self.format.value} mono WAV at {self.sample_rate} Hz: resume with the same "
+                "settings, or write to a new path")
+        return (size - len(ours)) // self._bytes_per_sample
+
+    def resume_at(self, frames: int) -> None:
+        """Keep the first ``frames`` frames of the existing file (whole steps) and append."""
+        if self.existing_frames is None or not 0 <= frames <= self.existing_frames:
+            raise ValueError(f"cannot keep {frames} frames of {self.existing_frames}")
+        self._keep = frames
+
     @staticmethod
-    def _open(path: Path) -> BinaryIO:
-        # Unbuffered: every write is one syscall whose byte count we see, so after a failed
-        # (partial) write the header still covers exactly the frames that reached the file.
-        return open(path, "wb", buffering=0)
+    def _open(path: Path, owner: str) -> ExclusiveFile:
+        lock = ExclusiveFile(path, owner, "wav")
+        assert lock.file is not None
+        lock.file.truncate(0)
+        return lock
 
     def _roll(self) -> None:
         """Finish this file (final header) and go on in the next one: run-002.wav, ..."""
-        assert self._file is not None
+        assert self._file is not None and self._lock is not None
         self._write_header()
-        self._file.close()
         self._file = None
+        self._lock.close()
         path = self.path.with_name(f"{self.path.stem}-{len(self.paths) + 1:03d}{self.path.suffix}")
-        self._file = self._open(path)
+        self._lock = self._open(path, self.owner)
+        self._file = self._lock.file
         self.paths.append(path)
         self.frames_written = 0
         self._header_frames = -1
@@ -102,10 +152,20 @@ class WavSink(Sink):
         return 4 if self.format is WavFormat.FLOAT32 else 2
 
     def open(self, sample_rate: int) -> None:
-        self.sample_rate = int(sample_rate)
+        if self._lock is None:  # used on its own, not through a sonifier
+            self.prepare(sample_rate)
+        assert self._file is not None
         try:
+            keep = self._keep if self._keep is not None else (self.existing_frames or 0)
+            bps = self._bytes_per_sample
+            start = len(self._header()) if keep else 0
+            if stat.S_ISREG(os.fstat(self._file.fileno()).st_mode):  # not /dev/full, a FIFO...
+                self._file.truncate(start + keep * bps)  # no resume: truncate(0), empty
+                self._file.seek(start + keep * bps)
+            self.frames_written = self.total_frames = keep
+            self._opened = True
             self._write_header()
-            self.flush()  # a valid (empty) WAV is on disk from the start
+            self.flush()  # a valid WAV is on disk from the start
         except OSError as e:
             raise ConfigError(f"wav={str(self.path)!r} cannot be written: {e}") from e
 
@@ -173,12 +233,31 @@ class WavSink(Sink):
         self._last_sync = time.monotonic()
 
     def _close(self) -> None:
-        if self._file is None:
+        lock, self._lock = self._lock, None
+        if lock is None:
+            return
+        self._file = None
+        if not self._opened:  # prepared but never started (a constructor failed): leave the
+            lock.close(discard=True)  # disk as it was - remove the file only if we created it
             return
         try:
-            if self.sample_rate is None:  # never opened by a sonifier: still leave a valid file
-                self.sample_rate = 44100
+            lock.file.seek(0, os.SEEK_END)  # type: ignore[union-attr]
+            self._file = lock.file
             self._write_header()
         finally:
-            f, self._file = self._file, None
-            f.close()
+            self._file = None
+            lock.close()
+
+
+def _describe_header(raw: bytes) -> str:
+    """What kind of file a WAV header describes, for error messages."""
+    if len(raw) < 36 or raw[:4] != b"RIFF" or raw[8:12] != b"WAVE":
+        return "not a WAV file"
+    try:
+        code, channels, rate = struct.unpack("<HHI", raw[20:28])
+        bits = struct.unpack("<H", raw[34:36])[0]
+    except struct.error:
+        return "a WAV file of unknown layout"
+    kind = {_WAVE_FORMAT_IEEE_FLOAT: "float", _WAVE_FORMAT_PCM: "pcm"}.get(code, f"format {code} ")
+    return f"a {kind}{bits} WAV with {channels} channel(s) at {rate} Hz"
+
