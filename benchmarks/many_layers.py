@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import time
 
 import torch
 from torch import nn
@@ -55,6 +56,24 @@ def main(argv: list[str] | None = None) -> None:
     print(f"\n{args.layers} weight tensors of 32x32, {args.rounds} rounds x {args.steps} steps "
           "(time per step is the training-thread cost)")
     print(table(results, "empty loop", per=args.steps, ratios=False))
+
+    # Attaching must be linear in the number of parameters (it was quadratic: 20,000 layers 5 s).
+    from gradsonic import GradientSonifier
+
+    sizes = (500, 2000) if args.smoke else (5000, 20000)
+    print("\n| layers | attach (GradientSonifier + wrap) s | per layer us |\n| --- | --- | --- |")
+    for n in sizes:
+        big = nn.Sequential(*[nn.Linear(4, 4) for _ in range(n)])
+        opt = torch.optim.SGD(big.parameters(), lr=0.1)
+        t0 = time.perf_counter()
+        son = GradientSonifier(big, wav=None)
+        son.wrap(opt)
+        for p in big.parameters():
+            p.grad = torch.zeros_like(p)
+        opt.step()  # the first step builds the optimizer's plan
+        seconds = time.perf_counter() - t0
+        son.close()
+        print(f"| {n:,} | {seconds:.3f} | {seconds / n * 1e6:.1f} |")
 
 
 if __name__ == "__main__":

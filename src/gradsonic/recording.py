@@ -80,7 +80,7 @@ class RecordSink(Sink):
         self.layer_names = tuple(layer_names)
         self.scalar_names = tuple(scalars)
         self.settings = json.loads(json.dumps(settings))  # as it will read back
-        self.resume = bool(resume)
+        self.resume = resume is not False
         self.run_id = uuid.uuid4().hex
         self.owner = "a RecordSink in this process"
         #: with resume=True: the recording found at ``path`` (None if there was none)

@@ -264,8 +264,10 @@ class GradientSonifier:
         run_dir: the folder of this run's ``"auto"`` files. ``None`` (default): a fresh
             ``gradsonic-runs/<date>-<time>-<host>-<pid>/``, so no run ever overwrites another.
         resume: append to the WAV and recording already there (a preempted job started again
-            with the same ``run_dir`` or paths): steps continue from the last complete one, after
-            a torn tail is cut back; settings and voices must match. Missing files start fresh.
+            with the same ``run_dir`` or paths): ``True`` continues after the last step both hold
+            whole (a torn tail is cut back); a step number (the checkpoint's) keeps only the steps
+            before it and continues there. Settings and voices must match. Missing files start
+            fresh.
         quiet: do not print the line saying where the files go.
         scalars: names of extra per-step values stored in the recording via :meth:`log`.
         live: ``True`` to play through the speakers (PyAudio, policy ``"drop"``), or a
@@ -299,7 +301,7 @@ class GradientSonifier:
         *,
         record: str | os.PathLike[str] | None = "auto",
         run_dir: str | os.PathLike[str] | None = None,
-        resume: bool = False,
+        resume: bool | int = False,
         quiet: bool = False,
         scalars: Sequence[str] = (),
         live: bool | LiveSink = False,
@@ -332,9 +334,10 @@ class GradientSonifier:
         self._step = 0
         if isinstance(scalars, str) or not all(isinstance(n, str) for n in scalars):
             raise ConfigTypeError(f"scalars must be a sequence of names, not {scalars!r}")
-        for name, value in (("resume", resume), ("quiet", quiet)):
-            if not isinstance(value, bool):
-                raise ConfigTypeError(f"{name} must be True or False, not {value!r}")
+        if not isinstance(quiet, bool):
+            raise ConfigTypeError(f"quiet must be True or False, not {quiet!r}")
+        if not isinstance(resume, (bool, int)) or (not isinstance(resume, bool) and resume < 0):
+            raise ConfigError(f"resume must be True, False or a step number >= 0, not {resume!r}")
         if run_dir is not None and not isinstance(run_dir, (str, os.PathLike)):
             raise ConfigTypeError(f"run_dir must be a folder path or None, not {run_dir!r}")
         if run_dir is not None and Path(run_dir).exists() and not Path(run_dir).is_dir():
@@ -390,8 +393,9 @@ class GradientSonifier:
             # a constructor that raises leaves the disk as it was.
             for s in out:
                 s.prepare(self.synth.sample_rate)
-            if resume:
-                self._resume([s for s in out if isinstance(s, (WavSink, RecordSink))])
+            if resume is not False:
+                self._resume([s for s in out if isinstance(s, (WavSink, RecordSink))],
+                             None if resume is True else int(resume))
             for s in out:
                 s.open(self.synth.sample_rate)
         except BaseException:
@@ -614,8 +618,9 @@ class GradientSonifier:
 
     # -- internals -----------------------------------------------------------------------
 
-    def _resume(self, sinks: list[Sink]) -> None:
-        """Cut the WAV and the recording back to the steps both hold whole, and go on there."""
+    def _resume(self, sinks: list[Sink], at: int | None) -> None:
+        """Cut the WAV and the recording back to the steps both hold whole (and, with ``at``,
+        to the steps before ``at``), and go on there."""
         wav = next((s for s in sinks if isinstance(s, WavSink)), None)
         rec_sink = next((s for s in sinks if isinstance(s, RecordSink)), None)
         rec = rec_sink.existing if rec_sink is not None else None
@@ -636,13 +641,19 @@ class GradientSonifier:
             steps = whole if steps is None else min(steps, whole)
         if not steps:
             steps = 0
+        if at is not None:
+            before = (int(np.searchsorted(rec.steps[:steps], at, side="left")) if rec is not None
+                      else at)  # rows are in step order
+            steps = min(steps, before)
         if wav is not None and wav.existing_frames is not None:
             frames = (int(np.sum([self.synth.step_samples(int(k)) for k in counts[:steps]]))
                       if counts is not None else steps * self.synth.step_samples(len(names)))
             wav.resume_at(frames)
         if rec_sink is not None and rec is not None:
             rec_sink.resume_at(steps, names)
-        if steps:
+        if at is not None:
+            self._step = at
+        elif steps:
             self._step = int(rec.steps[steps - 1]) + 1 if rec is not None else steps
 
     def _check_open(self) -> None:

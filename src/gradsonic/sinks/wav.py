@@ -72,7 +72,7 @@ class WavSink(Sink):
         self.format = WavFormat.parse(format, "wav format")
         self.flush_interval = check_number(flush_interval, "flush_interval (seconds)",
                                            allow_low=True)
-        self.resume = bool(resume)
+        self.resume = resume is not False
         self.sample_rate: int | None = None
         self.frames_written = 0  # in the current file
         self.total_frames = 0  # in all files
