@@ -7,6 +7,7 @@ variant's per-round ratio against the baseline measured in the same round: media
 
 from __future__ import annotations
 
+import argparse
 import platform
 import statistics
 import sys
@@ -68,3 +69,51 @@ def table(results: dict[str, Result], baseline: str, per: int, unit: str = "step
         lines.append(f"| {name} | {ms:.3f} | {statistics.median(ratios):+.1%} | "
                      f"{min(ratios):+.1%} .. {max(ratios):+.1%} |")
     return "\n".join(lines)
+
+
+def seed_cnn_args(doc: str, argv: list[str] | None, **more: object) -> argparse.Namespace:
+    """The seed-CNN benchmarks' shared options (``--smoke``: a few seconds)."""
+    p = argparse.ArgumentParser(description=doc.splitlines()[0])
+    p.add_argument("--batch", type=int, nargs="+", default=[10, 64])
+    p.add_argument("--rounds", type=int, default=40)
+    p.add_argument("--block", type=int, default=40, help="steps per timed block")
+    p.add_argument("--smoke", action="store_true", help="a few seconds, to prove the script runs")
+    for flag, default in more.items():
+        p.add_argument(f"--{flag}", default=default)
+    args = p.parse_args(argv)
+    if args.smoke:
+        args.batch, args.rounds, args.block = [10], 2, 5
+    return args
+
+
+def training_block(model: torch.nn.Module, opt: torch.optim.Optimizer, batches: list,
+                   before_step: Callable[[], None] | None = None) -> Callable[[], None]:
+    """One timed block: a plain training step per batch (NLL loss, as the seed CNN trains)."""
+    import torch.nn.functional as F
+
+    def run() -> None:
+        for x, y in batches:
+            opt.zero_grad()
+            F.nll_loss(model(x), y).backward()
+            if before_step is not None:
+                before_step()
+            opt.step()
+    return run
+
+
+def seed_cnn_copies(names: tuple[str, ...], batch: int, block: int
+                    ) -> tuple[list, dict[str, torch.nn.Module], dict[str, torch.optim.Optimizer]]:
+    """``block`` MNIST batches and, per variant name, an identical seed CNN with its optimizer."""
+    import copy
+
+    from gradsonic.demo import SeedCNN, load_mnist
+
+    x_all, y_all = load_mnist(None)
+    batches = [(x_all[i * batch:(i + 1) * batch], y_all[i * batch:(i + 1) * batch])
+               for i in range(block)]
+    torch.manual_seed(1)
+    proto = SeedCNN()
+    models = {n: copy.deepcopy(proto) for n in names}
+    opts = {n: torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.5) for n, m in models.items()}
+    return batches, models, opts
+

@@ -17,8 +17,6 @@ median and min-max).
 
 from __future__ import annotations
 
-import argparse
-import copy
 import importlib.util
 import io
 import statistics
@@ -28,10 +26,8 @@ import tarfile
 import tempfile
 from pathlib import Path
 
-import torch
-import torch.nn.functional as F
 
-from _harness import environment, interleave, table
+from _harness import environment, interleave, seed_cnn_args, seed_cnn_copies, table, training_block
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -54,32 +50,16 @@ def load_ref(rev: str) -> object:
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--ref", default="HEAD~1", help="git revision to compare with")
-    p.add_argument("--batch", type=int, nargs="+", default=[10, 64])
-    p.add_argument("--rounds", type=int, default=40)
-    p.add_argument("--block", type=int, default=40, help="steps per timed block")
-    p.add_argument("--smoke", action="store_true", help="a few seconds, to prove the script runs")
-    args = p.parse_args(argv)
-    if args.smoke:
-        args.batch, args.rounds, args.block = [10], 2, 5
+    args = seed_cnn_args(__doc__, argv, ref="HEAD~1")
     ref = load_ref(args.ref)
     import gradsonic
-    from gradsonic.demo import SeedCNN, load_mnist
 
     print(environment())
     print(f"ref: {args.ref} ({subprocess.run(['git', '-C', str(REPO), 'rev-parse', '--short', args.ref], capture_output=True, text=True).stdout.strip()}); this: working tree")
-    x_all, y_all = load_mnist(None)
     tmp = Path(tempfile.mkdtemp())
     for batch in args.batch:
-        batches = [(x_all[i * batch:(i + 1) * batch], y_all[i * batch:(i + 1) * batch])
-                   for i in range(args.block)]
-        torch.manual_seed(1)
-        proto = SeedCNN()
         names = ("bare", "ref", "this")
-        models = {n: copy.deepcopy(proto) for n in names}
-        opts = {n: torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.5)
-                for n, m in models.items()}
+        batches, models, opts = seed_cnn_copies(names, batch, args.block)
         sons = {
             "ref": ref.GradientSonifier(models["ref"], wav=tmp / f"ref{batch}.wav",
                                         mapping="seed"),
@@ -89,17 +69,7 @@ def main(argv: list[str] | None = None) -> None:
         for n, son in sons.items():
             son.wrap(opts[n])
 
-        def block(name: str):
-            model, opt = models[name], opts[name]
-
-            def run() -> None:
-                for x, y in batches:
-                    opt.zero_grad()
-                    F.nll_loss(model(x), y).backward()
-                    opt.step()
-            return run
-
-        variants = {n: block(n) for n in names}
+        variants = {n: training_block(models[n], opts[n], batches) for n in names}
         for run in variants.values():  # warm-up
             run()
         results = interleave(variants, args.rounds, "bare")

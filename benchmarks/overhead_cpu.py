@@ -13,45 +13,28 @@ Variants, each on its own copy of the model with the same batches, timed in rota
 
 from __future__ import annotations
 
-import argparse
-import copy
 import statistics
 import sys
 import tempfile
 from pathlib import Path
 
-import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for tests.fixtures.audio
-from _harness import environment, interleave, table  # noqa: E402
+from _harness import (environment, interleave, seed_cnn_args, seed_cnn_copies,  # noqa: E402
+                      table, training_block)
 
 from gradsonic import GradientSonifier  # noqa: E402
-from gradsonic.demo import SeedCNN, load_mnist  # noqa: E402
 from gradsonic.sinks import LiveSink  # noqa: E402
 from tests.fixtures.audio import ClockedStream, factory  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--batch", type=int, nargs="+", default=[10, 64])
-    p.add_argument("--rounds", type=int, default=40)
-    p.add_argument("--block", type=int, default=40, help="steps per timed block")
-    p.add_argument("--smoke", action="store_true", help="a few seconds, to prove the script runs")
-    args = p.parse_args(argv)
-    if args.smoke:
-        args.batch, args.rounds, args.block = [10], 2, 5
+    args = seed_cnn_args(__doc__, argv)
     print(environment())
-    x_all, y_all = load_mnist(None)
     tmp = Path(tempfile.mkdtemp())
     for batch in args.batch:
-        batches = [(x_all[i * batch:(i + 1) * batch], y_all[i * batch:(i + 1) * batch])
-                   for i in range(args.block)]
-        torch.manual_seed(1)
-        proto = SeedCNN()
         names = ("bare", "original", "gradsonic", "+live")
-        models = {n: copy.deepcopy(proto) for n in names}
-        opts = {n: torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.5) for n, m in models.items()}
+        batches, models, opts = seed_cnn_copies(names, batch, args.block)
         son = GradientSonifier(models["gradsonic"], wav=tmp / f"bench{batch}.wav", mapping="seed")
         son.wrap(opts["gradsonic"])
         live = LiveSink(policy="drop", stream_factory=factory(ClockedStream))
@@ -60,19 +43,11 @@ def main(argv: list[str] | None = None) -> None:
         son_live.wrap(opts["+live"])
         layers = models["original"].ordered_layers()
 
-        def block(name: str):
-            model, opt = models[name], opts[name]
+        def original() -> None:
+            [layer.weight.grad.norm().item() for layer in layers]
 
-            def run() -> None:
-                for x, y in batches:
-                    opt.zero_grad()
-                    F.nll_loss(model(x), y).backward()
-                    if name == "original":
-                        [layer.weight.grad.norm().item() for layer in layers]
-                    opt.step()
-            return run
-
-        variants = {n: block(n) for n in names}
+        variants = {n: training_block(models[n], opts[n], batches,
+                                      original if n == "original" else None) for n in names}
         for run in variants.values():  # warm-up
             run()
         results = interleave(variants, args.rounds, "bare")

@@ -7,7 +7,8 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-SCRIPTS = ["synthesis.py", "overhead_cpu.py", "alternatives.py", "many_layers.py", "memory.py"]
+SCRIPTS = ["synthesis.py", "overhead_cpu.py", "before_after.py", "alternatives.py", "many_layers.py",
+           "memory.py"]
 
 
 def main() -> int:

@@ -166,7 +166,7 @@ def test_an_error_while_closing_at_garbage_collection_is_printed_once_on_stderr(
 
 def test_an_error_while_finishing_files_at_interpreter_exit_is_printed_once(tmp_path):
     script = tmp_path / "exit.py"
-    script.write_text(f"""
+    script.write_text("""
 import torch
 from gradsonic import GradientSonifier, Sink
 class FailsOnClose(Sink):
