@@ -345,3 +345,17 @@ def test_known_corruptions_are_one_clear_error(good_recording, edit, message, ca
         assert main(argv) == 1
         err = capsys.readouterr().err
         assert err.startswith("error: 'bad.gsr'") and len(err.strip().splitlines()) == 1
+
+
+def test_resuming_a_wav_that_rolled_over_past_4_gib_is_refused_untouched(tmp_path):
+    model = TinyMLP()
+    with GradientSonifier(model, run_dir=tmp_path, quiet=True) as son:
+        train_steps(model, son.wrap(torch.optim.SGD(model.parameters(), lr=0.1)), steps=2)
+    (tmp_path / "run-002.wav").write_bytes((tmp_path / "run.wav").read_bytes())
+    before = snapshot(tmp_path)
+    with pytest.raises(ValueError, match=r"was continued in .*run-002.wav.*resume with wav=None"):
+        GradientSonifier(model, run_dir=tmp_path, resume=True)
+    assert snapshot(tmp_path) == before
+    with GradientSonifier(model, run_dir=tmp_path, wav=None, record=tmp_path / "run.gsr",
+                          resume=True, quiet=True) as son:
+        assert son.steps == 2

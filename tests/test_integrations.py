@@ -136,8 +136,10 @@ def test_transformers_callback_on_a_tiny_gpt2_built_from_a_config(tmp_path):
 
 
 def torchrun(script, *args, cwd) -> subprocess.CompletedProcess:
+    """Two gloo processes; through tests/torchrun_child.py, which skips torch's flaky teardown."""
     launcher = shutil.which("torchrun") or f"{sys.executable} -m torch.distributed.run"
-    cmd = [*launcher.split(), "--standalone", "--nproc_per_node", "2", str(script), *args]
+    cmd = [*launcher.split(), "--standalone", "--nproc_per_node", "2",
+           str(REPO / "tests" / "torchrun_child.py"), str(script), *args]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=cwd)
 
 

@@ -99,6 +99,12 @@ class WavSink(Sink):
             raise ConfigError(f"wav={str(self.path)!r} cannot be opened for writing: {e}") from e
         self._file = self._lock.file
         if self.resume and self._lock.existed:
+            nxt = self._part(2)
+            if nxt.exists():  # a run past 4 GiB: appending to its first file would lose the rest
+                raise ConfigError(
+                    f"resume: {str(self.path)!r} was continued in {str(nxt)!r} (a run past 4 GiB); "
+                    "resuming such a WAV is not supported - resume with wav=None (the recording "
+                    "keeps every step; `gradsonic render` rebuilds the audio)")
             self.existing_frames = self._existing_frames()
 
     def _existing_frames(self) -> int:
@@ -126,6 +132,10 @@ class WavSink(Sink):
             raise ValueError(f"cannot keep {frames} frames of {self.existing_frames}")
         self._keep = frames
 
+    def _part(self, n: int) -> Path:
+        """run-002.wav, run-003.wav, ...: where a run past 4 GiB goes on."""
+        return self.path.with_name(f"{self.path.stem}-{n:03d}{self.path.suffix}")
+
     @staticmethod
     def _open(path: Path, owner: str) -> ExclusiveFile:
         lock = ExclusiveFile(path, owner, "wav")
@@ -139,7 +149,7 @@ class WavSink(Sink):
         self._write_header()
         self._file = None
         self._lock.close()
-        path = self.path.with_name(f"{self.path.stem}-{len(self.paths) + 1:03d}{self.path.suffix}")
+        path = self._part(len(self.paths) + 1)
         self._lock = self._open(path, self.owner)
         self._file = self._lock.file
         self.paths.append(path)
