@@ -155,7 +155,7 @@ def test_non_finite_norm_plays_the_alarm_never_nan_samples():
     assert np.all(np.isfinite(data))
 
 
-def test_huge_norm_is_clamped_below_nyquist():
+def test_huge_norm_plays_at_the_top_of_the_band_with_the_over_range_timbre():
     model = TinyMLP()
     mem = MemorySink()
     with make(model, wav=None, mapping="seed", sinks=[mem]) as son:
@@ -165,7 +165,9 @@ def test_huge_norm_is_clamped_below_nyquist():
     tone = mem.frames[:TONE].astype(np.float64)
     spectrum = np.abs(np.fft.rfft(tone * np.hanning(TONE), 8 * TONE))
     peak_hz = np.argmax(spectrum) * FS / (8 * TONE)
-    assert abs(peak_hz - 0.45 * FS) < 200
+    assert abs(peak_hz - 4200) < 200  # the seed mapping's band top, not 0.45 * 44100 = 19.8 kHz
+    third = spectrum[round(3 * 4200 * 8 * TONE / FS)]
+    assert third > 0.2 * spectrum.max()  # the over-range buzz
 
 
 def test_manual_step_without_wrap_and_layer_patterns():

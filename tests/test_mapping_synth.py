@@ -9,20 +9,40 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from gradsonic import LogMapping, SeedMapping
-from gradsonic.mapping import ALARM, SILENT, TONE, plan_tones, resolve_mapping
+from gradsonic.mapping import ALARM, OVER, SILENT, TONE, plan_tones, resolve_mapping
 from gradsonic.synth import Synth
 
 
-def test_log_mapping_is_one_octave_per_decade_around_a440():
+def test_log_mapping_is_half_an_octave_per_decade_c6_at_norm_1_band_c4_to_c8():
     m = LogMapping()
-    hz = m(np.array([1e-3, 1e-2, 0.1, 1.0, 10.0, 100.0, 1e3]))
-    np.testing.assert_allclose(hz, [55, 110, 220, 440, 880, 1760, 3520])
+    hz = m(np.array([1e-4, 1e-2, 1.0, 100.0, 1e4]))
+    np.testing.assert_allclose(hz, [261.625, 523.25, 1046.5, 2093.0, 4186.0])
+    assert m.band == (261.63, 4186.0)
 
 
-def test_log_mapping_holds_extremes_inside_its_range():
-    m = LogMapping()
-    hz = m(np.array([0.0, 1e-45, 1e-30, 1e17, 1e30, np.finfo(np.float64).max]))
-    np.testing.assert_array_equal(hz, [55, 55, 55, 3520, 3520, 3520])
+def test_beyond_the_band_is_played_at_its_edge_with_the_over_range_timbre():
+    for mapping, norms, inside in [
+            (LogMapping(), [0.0, 1e-45, 1e-5, 1.0, 1e5, 1e17, np.finfo(np.float64).max],
+             [False, False, False, True, False, False, False]),
+            (SeedMapping(), [0.0, 4.0, 39.0, 41.0, 1e15], [True, True, True, False, False])]:
+        values = np.array([norms])
+        freqs, kinds = plan_tones(mapping, values, np.zeros_like(values, dtype=bool))
+        lo, hi = mapping.band
+        assert ((kinds[0] == OVER) == ~np.array(inside)).all()
+        assert (freqs >= lo).all() and (freqs <= hi).all()
+        assert (freqs[0][kinds[0] == OVER] == np.where(values[0] > 1, hi, lo)[kinds[0] == OVER]).all()
+
+
+def test_the_over_range_timbre_has_odd_harmonics_and_stays_within_amplitude():
+    synth = Synth(tone_duration=0.05)
+    f = 1000.0
+    tone = synth.render(np.array([[f]]), np.array([[OVER]]))[: synth.tone_samples]
+    spectrum = np.abs(np.fft.rfft(tone * np.hanning(tone.size)))
+    bins = np.fft.rfftfreq(tone.size, 1 / synth.sample_rate)
+    level = {k: spectrum[np.argmin(abs(bins - k * f))] for k in (1, 2, 3, 4, 5)}
+    assert level[3] > 0.3 * level[1] and level[5] > 0.15 * level[1]
+    assert level[2] < 0.01 * level[1] and level[4] < 0.01 * level[1]
+    assert np.abs(tone).max() <= synth.amplitude + 1e-6
 
 
 def test_seed_mapping_is_the_original_line():

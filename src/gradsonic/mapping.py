@@ -2,14 +2,27 @@
 
 A mapping is any callable that takes a float64 array of *finite, non-negative* gradient norms and
 returns an array of the same shape with a frequency in Hz for each. Non-finite and missing norms
-never reach a mapping: :func:`plan_tones` turns them into alarms and silences first, and the synth
-clamps every frequency into its audible, alias-free range afterwards.
+never reach a mapping: :func:`plan_tones` turns them into alarms and silences first.
+
+A built-in mapping has a ``band``, the comfortable range its tones live in. A norm whose pitch
+would fall outside it is not clamped silently: it plays at the band's edge with the *over-range*
+timbre (kind ``OVER``: odd harmonics, a bright buzz), so an explosion stays loud and clear and a
+vanishing gradient sounds different from a small one. (A custom mapping without ``band`` is only
+held inside the synth's alias-free range.)
 
 Built in:
 
-* ``"seed"`` - :class:`SeedMapping`, ``f = 200 + 100 * norm`` Hz, the 2019 experiment's mapping.
-* ``"log"`` - :class:`LogMapping` (the default), one octave per decade of norm, A4 = 440 Hz at
-  norm 1, held inside 55-3520 Hz (six octaves, norms 1e-3 to 1e3).
+* ``"log"`` - :class:`LogMapping` (the default): half an octave per decade of norm, C6 = 1046.5 Hz at
+  norm 1, band C4-C8 (261.6-4186 Hz) = norms 1e-4 to 1e4.
+* ``"seed"`` - :class:`SeedMapping`, ``f = 200 + 100 * norm`` Hz, the 2019 experiment's mapping, band
+  200-4200 Hz (norms 0 to 40).
+
+Why that band: at the default 10 ms a tone of 262 Hz still has 2.6 cycles - a pitch, where the
+old 55 Hz floor gave half a cycle, a thump - and nothing goes above ~4.2 kHz, where long listening
+gets piercing (the old seed mapping clamped explosions to 19.8 kHz, inaudible to most adults).
+Half an octave per decade fits the eight decades gradient norms of real models span into those
+four octaves; a ten-fold jump is still a tritone, and accents (:mod:`gradsonic.accents`) mark spikes
+on top of that.
 """
 
 from __future__ import annotations
@@ -28,6 +41,7 @@ from .errors import ConfigError, ConfigTypeError
 TONE = np.int8(0)
 SILENT = np.int8(1)  # no gradient for this layer this step
 ALARM = np.int8(2)  # NaN or +-Inf norm
+OVER = np.int8(3)  # beyond the mapping's band: played at its edge with the over-range timbre
 
 
 @runtime_checkable
@@ -44,14 +58,22 @@ class MappingName(StrEnum):
 
 @dataclass(frozen=True)
 class SeedMapping:
-    """The original experiment's linear mapping, ``f = offset_hz + hz_per_unit * norm``."""
+    """The original experiment's linear mapping, ``f = offset_hz + hz_per_unit * norm``, heard
+    inside ``[min_hz, max_hz]`` (beyond it: the over-range timbre at the edge)."""
 
     offset_hz: float = 200.0
     hz_per_unit: float = 100.0
+    min_hz: float = 200.0
+    max_hz: float = 4200.0
 
     def __post_init__(self) -> None:
         check_number(self.offset_hz, "SeedMapping.offset_hz", allow_low=True)
         check_number(self.hz_per_unit, "SeedMapping.hz_per_unit")
+        _check_band(self, "SeedMapping")
+
+    @property
+    def band(self) -> tuple[float, float]:
+        return (self.min_hz, self.max_hz)
 
     def __call__(self, norms: np.ndarray) -> np.ndarray:
         return self.offset_hz + self.hz_per_unit * np.asarray(norms, dtype=np.float64)
@@ -61,39 +83,46 @@ class SeedMapping:
 class LogMapping:
     """Equal ratios of norm give equal musical intervals.
 
-    ``f = center_hz * 2 ** (octaves_per_decade * log10(norm / center_norm))``, held inside
-    ``[min_hz, max_hz]``. A norm of 0 gets ``min_hz`` (the lowest pitch, so a dead layer stays
-    audible and differs from a layer with no gradient, which is silent).
+    ``f = center_hz * 2 ** (octaves_per_decade * log10(norm / center_norm))``, heard inside the
+    band ``[min_hz, max_hz]``; beyond it (a norm of 0 included: a dead layer) the over-range
+    timbre plays at the band's edge.
 
     Why this is the default: gradient norms of real models spread over many decades and move by
-    factors, not by offsets; pitch is heard on a log scale too. A ten-fold jump is one octave
-    whatever the model, and an explosion to 1e17 stays a (top-of-range) note instead of a tone
-    far above hearing.
+    factors, not by offsets; pitch is heard on a log scale too. A ten-fold jump is the same
+    interval whatever the model, and an explosion to 1e17 stays a loud top-of-band buzz instead of
+    a tone far above hearing.
     """
 
     center_norm: float = 1.0
-    center_hz: float = 440.0
-    octaves_per_decade: float = 1.0
-    min_hz: float = 55.0
-    max_hz: float = 3520.0
+    center_hz: float = 1046.5
+    octaves_per_decade: float = 0.5
+    min_hz: float = 261.63
+    max_hz: float = 4186.0
 
     def __post_init__(self) -> None:
         check_number(self.center_norm, "LogMapping.center_norm")
         check_number(self.center_hz, "LogMapping.center_hz")
         check_number(self.octaves_per_decade, "LogMapping.octaves_per_decade")
-        check_number(self.min_hz, "LogMapping.min_hz")
-        check_number(self.max_hz, "LogMapping.max_hz")
-        if not self.min_hz < self.max_hz:
-            raise ConfigError(
-                f"LogMapping.min_hz must be below max_hz, not {self.min_hz!r} >= {self.max_hz!r}")
+        _check_band(self, "LogMapping")
+
+    @property
+    def band(self) -> tuple[float, float]:
+        return (self.min_hz, self.max_hz)
 
     def __call__(self, norms: np.ndarray) -> np.ndarray:
         x = np.asarray(norms, dtype=np.float64)
         with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
             octaves = self.octaves_per_decade * (np.log10(x) - math.log10(self.center_norm))
             f = self.center_hz * np.exp2(octaves)
-        return np.clip(np.nan_to_num(f, nan=self.min_hz, posinf=self.max_hz, neginf=self.min_hz),
-                       self.min_hz, self.max_hz)
+        return np.nan_to_num(f, nan=0.0, posinf=np.inf, neginf=0.0)
+
+
+def _check_band(mapping: Any, what: str) -> None:
+    check_number(mapping.min_hz, f"{what}.min_hz")
+    check_number(mapping.max_hz, f"{what}.max_hz")
+    if not mapping.min_hz < mapping.max_hz:
+        raise ConfigError(f"{what}.min_hz must be below max_hz, not "
+                          f"{mapping.min_hz!r} >= {mapping.max_hz!r}")
 
 
 MappingLike = Union[str, MappingName, Callable[[np.ndarray], np.ndarray]]
@@ -138,8 +167,8 @@ def plan_tones(mapping: Callable[[np.ndarray], np.ndarray], norms: np.ndarray,
     ``norms`` and ``missing`` are ``[steps, layers]``; ``skipped`` (optional, ``[steps]``) marks
     steps the optimizer skipped for inf/NaN. Returns ``(freqs_hz float64, kinds int8)`` of the
     norms' shape: missing layers are ``SILENT``, NaN/Inf norms and every layer of a skipped step
-    ``ALARM``, the rest ``TONE`` with the mapping's frequency. The mapping only ever sees finite
-    values.
+    ``ALARM``, pitches beyond the mapping's ``band`` ``OVER`` (at the band's edge), the rest
+    ``TONE`` with the mapping's frequency. The mapping only ever sees finite values.
     """
     norms = np.asarray(norms, dtype=np.float64)
     finite = np.isfinite(norms) & ~missing
@@ -157,5 +186,14 @@ def plan_tones(mapping: Callable[[np.ndarray], np.ndarray], norms: np.ndarray,
             raise ConfigError(
                 f"mapping returned shape {hz.shape} for norms of shape {values.shape}; "
                 "a mapping must return one frequency per norm")
+        band = getattr(mapping, "band", None)
+        if band is not None:
+            lo, hi = band
+            outside = ~(hz >= lo) | (hz > hi)  # NaN from a mapping counts as below
+            if outside.any():
+                where = np.zeros(norms.shape, dtype=bool)
+                where[finite] = outside
+                kinds[where] = OVER
+                hz = np.clip(np.nan_to_num(hz, nan=lo), lo, hi)
         freqs[finite] = hz
     return freqs, kinds

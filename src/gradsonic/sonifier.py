@@ -249,6 +249,9 @@ class GradientSonifier:
         model: the model whose layers to listen to.
         layers: ``None`` (every trainable parameter but biases, in voices: see
             :mod:`gradsonic.voices`), or a list of modules, parameters, names and glob patterns.
+        voices: at most this many voices (default 16): a model with more layer voices is heard
+            in groups that follow its structure (blocks, stages), each group's norm the norm of
+            all its gradients; ``"all"``: one voice per layer; or ``{"name": [patterns]}``.
         wav: ``"auto"`` (default): ``run.wav`` in this run's folder (``run_dir``); a path, written
             as given; or ``None`` for no WAV.
         mapping: ``"log"`` (default, see :class:`~gradsonic.mapping.LogMapping`), ``"seed"``
@@ -300,6 +303,7 @@ class GradientSonifier:
         on_step: Callable[[StepRecord], Any] | None = None,
         *,
         record: str | os.PathLike[str] | None = "auto",
+        voices: int | str | dict[str, Any] = 16,
         run_dir: str | os.PathLike[str] | None = None,
         resume: bool | int = False,
         quiet: bool = False,
@@ -313,7 +317,7 @@ class GradientSonifier:
     ) -> None:
         self.mapping = resolve_mapping(mapping)
         self.synth = Synth(sample_rate, tone_duration, silence_duration, amplitude)
-        self._tap = NormTap(model, layers)
+        self._tap = NormTap(model, layers, voices)
         wav_format = WavFormat.parse(wav_format, "wav_format")
         if on_step is not None and not callable(on_step):
             raise ConfigTypeError(f"on_step must be a callable or None, not {on_step!r}")

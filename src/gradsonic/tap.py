@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from .errors import ConfigError, GradsonicWarning
-from .voices import ParamInfo, Selection, describe, unwrap_model
+from .voices import DEFAULT_MAX_VOICES, Grouping, ParamInfo, Selection, describe, unwrap_model
 
 
 @dataclass(frozen=True)
@@ -261,10 +261,13 @@ class NormTap:
     across devices) takes the general path, which groups per step.
     """
 
-    def __init__(self, model: nn.Module, layers: Sequence[Any] | None) -> None:
+    def __init__(self, model: nn.Module, layers: Sequence[Any] | None,
+                 voices: Any = DEFAULT_MAX_VOICES) -> None:
         self.model = unwrap_model(model)
         self.selection = Selection(self.model, layers)
-        self.voices: list[str] = list(self.selection.initial)
+        self.grouping = Grouping(self.selection.initial, voices)
+        self.voices: list[str] = list(dict.fromkeys(
+            self.grouping.group_of(v) for v in self.selection.initial))
         self._voice_index = {v: i for i, v in enumerate(self.voices)}
         self.layer_names = tuple(self.voices)
         #: for each voice, the qualified names of the parameters it covered when last planned
@@ -323,6 +326,7 @@ class NormTap:
             voice = self.selection.voice_of(info)
             if voice is None:
                 continue
+            voice = self.grouping.group_of(voice)
             if not (p.requires_grad or p.grad is not None):
                 idle.append(p)
                 continue
@@ -497,17 +501,22 @@ class NormTap:
         infos = describe(self.model)
         heard = {n for names in self.voice_params for n in names}
         numel = {i.name: i.param.numel() for i in infos}
-        rows = [(str(k), v, ", ".join(ns) if ns else "(none yet)",
+        layers: dict[str, set[str]] = {}  # voice -> the layer voices grouped in it
+        for i in infos:
+            fine = self.selection.voice_of(i) if i.name in heard else None
+            if fine is not None:
+                layers.setdefault(self.grouping.group_of(fine), set()).add(fine)
+        rows = [(str(k), v, str(len(layers.get(v, ()))), ", ".join(ns) if ns else "(none yet)",
                  f"{sum(numel.get(n, 0) for n in ns):,}")
                 for k, (v, ns) in enumerate(zip(self.voices, self.voice_params))]
-        head = ("#", "voice", "parameters", "elements")
-        widths = [max(len(r[c]) for r in [head, *rows]) for c in range(4)]
-        widths[2] = min(widths[2], 60)
+        head = ("#", "voice", "layers", "parameters", "elements")
+        widths = [max(len(r[c]) for r in [head, *rows]) for c in range(5)]
+        widths[3] = min(widths[3], 60)
 
         def line(r: tuple[str, ...]) -> str:
-            cells = [r[0].rjust(widths[0]), r[1].ljust(widths[1]),
-                     (r[2] if len(r[2]) <= 60 else r[2][:57] + "...").ljust(widths[2]),
-                     r[3].rjust(widths[3])]
+            cells = [r[0].rjust(widths[0]), r[1].ljust(widths[1]), r[2].rjust(widths[2]),
+                     (r[3] if len(r[3]) <= 60 else r[3][:57] + "...").ljust(widths[3]),
+                     r[4].rjust(widths[4])]
             return "  ".join(cells).rstrip()
 
         trainable = [i for i in infos if i.param.requires_grad]

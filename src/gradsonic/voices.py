@@ -293,3 +293,173 @@ class Selection:
         if info.bias and self.grows:
             return "bias: not heard by default; name it in layers= to hear it"
         return "not selected by layers="
+
+
+# -- voices=: fitting many voices into a few -------------------------------------------------
+DEFAULT_MAX_VOICES = 16
+
+
+class Grouping:
+    """Fine voices (one per layer) -> the voices heard, following the model's structure.
+
+    ``voices=N`` (default 16): a model with more than N layer voices is heard as at most N, each
+    a subtree of the module tree (a block, a stage, the encoder) or a run of consecutive siblings
+    (``layers.0..5``); its norm is the norm of all their gradients together. The tree is split
+    from the top, largest group first, while the count stays within N - so the grouping follows
+    the model's own blocks. ``voices="all"``: one voice per layer. ``voices={"name": [patterns],
+    ...}``: named groups of the layer voices whose names match (glob); the rest go to ``"other"``.
+    """
+
+    def __init__(self, fine: list[str], voices: Any = DEFAULT_MAX_VOICES) -> None:
+        self._exact: dict[str, str] = {}
+        self._nodes: dict[str, str] = {}  # module path -> group, for voices added later
+        self._patterns: list[tuple[str, list[str]]] | None = None
+        if voices == "all" or voices is None:
+            return
+        if isinstance(voices, dict):
+            self._patterns = _check_patterns(voices)
+            for v in fine:
+                self._exact[v] = self._by_pattern(v)
+            used = set(self._exact.values())
+            empty = [name for name, _ in self._patterns if name not in used]
+            if empty:
+                raise ConfigError(f"voices group(s) {empty} match no voice; the voices are "
+                                  f"{fine[:12]}{' ...' if len(fine) > 12 else ''}")
+            return
+        if isinstance(voices, bool) or not isinstance(voices, int) or voices < 1:
+            raise ConfigError(f"voices must be a number >= 1, 'all', or a dict of name -> "
+                              f"patterns, not {voices!r}")
+        if len(fine) <= voices:
+            return
+        self._split(fine, voices)
+
+    def group_of(self, voice: str) -> str:
+        """The heard voice a layer voice belongs to (itself when not grouped)."""
+        hit = self._exact.get(voice)
+        if hit is not None:
+            return hit
+        if self._patterns is not None:
+            return self._by_pattern(voice)
+        parts = voice.split(".")
+        for n in range(len(parts), 0, -1):  # a voice added later joins its nearest group
+            hit = self._nodes.get(".".join(parts[:n]))
+            if hit is not None:
+                return hit
+        return voice
+
+    def _by_pattern(self, voice: str) -> str:
+        assert self._patterns is not None
+        parts = voice.split(".")
+        prefixes = [".".join(parts[:n]) for n in range(len(parts), 0, -1)]
+        for name, patterns in self._patterns:
+            if any(fnmatch.fnmatchcase(p, pat) for pat in patterns for p in prefixes):
+                return name
+        return "other"
+
+    def _split(self, fine: list[str], limit: int) -> None:
+        root = _Node("")
+        for v in fine:
+            node = root
+            node.voices.append(v)
+            for part in v.split("."):
+                node = node.child(part)
+                node.voices.append(v)
+            node.own = True
+        groups: list[_Group] = [_Group(root.path or "model", [root], root.voices)]
+        while True:  # level by level, so that all voices are of one granularity
+            split = [self._parts(g) if len(g.nodes) == 1 and len(g.voices) > 1 else [g]
+                     for g in groups]
+            count = sum(len(parts) for parts in split)
+            if all(parts == [g] for parts, g in zip(split, groups)):
+                break
+            if count <= limit:
+                groups = [g for parts in split for g in parts]
+                continue
+            # The next level does not fit: share the slots among the groups that would split,
+            # as runs of consecutive children - only if each gets at least two (uniform voices).
+            fixed = sum(1 for parts in split if len(parts) == 1)
+            splitting = [i for i, parts in enumerate(split) if len(parts) > 1]
+            share = (limit - fixed) // len(splitting)
+            if share >= 2:
+                groups = [g for i, parts in enumerate(split) for g in (
+                    _runs(parts, share, groups[i].nodes[0].path) if len(parts) > 1 else parts)]
+            break
+        order = {v: i for i, v in enumerate(fine)}
+        groups.sort(key=lambda g: order[g.voices[0]])
+        for g in groups:
+            for v in g.voices:
+                self._exact[v] = g.name
+            for node in g.nodes:
+                for path in node.paths():
+                    self._nodes[path] = g.name
+
+
+    @staticmethod
+    def _parts(g: "_Group") -> list["_Group"]:
+        node = g.nodes[0]
+        parts = [_Group(node.path, [], [node.path])] if node.own and node.path else []
+        return parts + [_Group(c.path, [c], c.voices) for c in node.children.values()]
+
+
+class _Node:
+    __slots__ = ("path", "children", "voices", "own")
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.children: dict[str, _Node] = {}
+        self.voices: list[str] = []
+        self.own = False
+
+    def child(self, part: str) -> "_Node":
+        node = self.children.get(part)
+        if node is None:
+            node = self.children[part] = _Node(f"{self.path}.{part}" if self.path else part)
+        return node
+
+    def paths(self) -> list[str]:
+        out = [self.path] if self.path else []
+        for c in self.children.values():
+            out += c.paths()
+        return out
+
+
+@dataclass
+class _Group:
+    name: str
+    nodes: list[_Node]
+    voices: list[str]
+
+
+def _runs(parts: list[_Group], k: int, parent: str) -> list[_Group]:
+    """Split ``parts`` into ``k`` consecutive runs of about equal voice counts."""
+    total = sum(len(p.voices) for p in parts)
+    runs: list[list[_Group]] = [[]]
+    acc = 0
+    for i, p in enumerate(parts):
+        left_parts, left_runs = len(parts) - i, k - len(runs)
+        if runs[-1] and (acc >= total * len(runs) / k or left_parts <= left_runs) \
+                and len(runs) < k:
+            runs.append([])
+        runs[-1].append(p)
+        acc += len(p.voices)
+    out = []
+    for run in runs:
+        first, last = run[0].name.rsplit(".", 1)[-1], run[-1].name.rsplit(".", 1)[-1]
+        label = first if len(run) == 1 else f"{first}..{last}"
+        name = f"{parent}.{label}" if parent else label
+        out.append(_Group(name, [n for p in run for n in p.nodes],
+                          [v for p in run for v in p.voices]))
+    return out
+
+
+def _check_patterns(voices: dict[Any, Any]) -> list[tuple[str, list[str]]]:
+    out = []
+    for name, patterns in voices.items():
+        if isinstance(patterns, str):
+            patterns = [patterns]
+        if (not isinstance(name, str) or not name or not isinstance(patterns, (list, tuple))
+                or not patterns or not all(isinstance(p, str) for p in patterns)):
+            raise ConfigError(f"voices must map group names to glob patterns, e.g. "
+                              f"{{'encoder': ['encoder.*']}}; not {name!r}: {patterns!r}")
+        out.append((name, list(patterns)))
+    return out
