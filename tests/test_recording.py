@@ -37,7 +37,9 @@ def test_recording_holds_every_step_norms_and_settings():
     assert rec.steps.tolist() == list(range(6))
     np.testing.assert_array_equal(rec.norms, np.stack([r.norms for r in records]))
     assert not rec.missing.any() and not rec.skipped.any()
-    assert rec.settings["mapping"] == {"kind": "seed", "offset_hz": 200.0, "hz_per_unit": 100.0}
+    assert rec.settings["mapping"] == {"kind": "seed", "offset_hz": 200.0, "hz_per_unit": 100.0,
+                                       "min_hz": 200.0, "max_hz": 4200.0}
+    assert rec.settings["accents"]["spike_factor"] == 5.0 and rec.settings["every"] == 1
     assert rec.settings["tone_duration"] == 0.005 and rec.versions["gradsonic"]
     # compact: fixed binary rows of 8 + 4 + 3 * 4 + 3 bytes, padded to 32, after the header
     raw = open("run.gsr", "rb").read()
@@ -59,7 +61,8 @@ def test_render_with_other_settings_layers_steps_and_formats(capsys):
     assert main(["render", "run.gsr", "-o", "part.flac", "--format", "flac", "--mapping", "seed",
                  "--tone-ms", "20", "--layers", "fc*", "--steps", "2:7", "-q"]) == 0
     info = soundfile.info("part.flac")
-    assert info.format == "FLAC" and info.frames == 5 * (2 * 2 * TONE + 2 * TONE)
+    # 20 ms tones, and the silence stays two tone lengths (the run used the default)
+    assert info.format == "FLAC" and info.frames == 5 * (2 * 2 * TONE + 2 * 2 * TONE)
     assert "5 steps" in capsys.readouterr().out
     assert main(["render", "run.gsr", "-o", "all.ogg", "--format", "ogg", "-q"]) == 0
     assert soundfile.info("all.ogg").format == "OGG"

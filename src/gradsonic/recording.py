@@ -320,6 +320,7 @@ def _check_header(header: Any, p: Path) -> dict[str, Any]:
 
 def _check_settings(settings: dict[str, Any], p: Path) -> None:
     """Settings a renderer can use: a valid synth and a rebuildable (or custom) mapping."""
+    from .accents import resolve_accents
     from .mapping import mapping_from_settings
     from .synth import Synth
 
@@ -328,6 +329,10 @@ def _check_settings(settings: dict[str, Any], p: Path) -> None:
     mapping = settings.get("mapping", {"kind": "log"})
     try:
         Synth(**kw)
+        resolve_accents(settings.get("accents"))
+        every = settings.get("every", 1)
+        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+            raise ConfigError(f"every is {every!r}")
         if not isinstance(mapping, dict):
             raise ConfigError(f"mapping is {mapping!r}")
         if mapping.get("kind") != "custom":

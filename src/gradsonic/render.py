@@ -9,6 +9,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from .errors import ConfigError
+from .accents import AccentDetector, resolve_accents
 from .mapping import mapping_from_settings, plan_tones, resolve_mapping
 from .recording import Recording
 from .synth import Synth
@@ -51,26 +52,51 @@ def synth_for(recording: Recording, **overrides: Any) -> tuple[Synth, Callable]:
     mapping = resolve_mapping(mapping) if mapping is not None else mapping_from_settings(
         s.get("mapping", {"kind": "log"}))
     kw = {k: s.get(k) for k in ("sample_rate", "tone_duration", "silence_duration", "amplitude")}
+    if (overrides.get("tone_duration") is not None and s.get("tone_duration")
+            and s.get("silence_duration") == 2 * s["tone_duration"]):
+        kw["silence_duration"] = None  # the default silence (two tones) follows the new tone
     kw.update({k: v for k, v in overrides.items() if v is not None})
     kw = {k: v for k, v in kw.items() if v is not None}
     return Synth(**kw), mapping
 
 
+def accent_marks(recording: Recording) -> np.ndarray:
+    """The accent marks of every recorded step, rebuilt as the live run made them."""
+    rule = resolve_accents(recording.settings.get("accents"))
+    marks = np.zeros(recording.norms.shape, dtype=np.uint8)
+    if rule is not None:
+        detector = AccentDetector(rule)
+        for lo in range(0, len(recording.steps), CHUNK_STEPS):
+            hi = lo + CHUNK_STEPS
+            marks[lo:hi] = detector.mark(recording.norms[lo:hi], recording.missing[lo:hi])
+    return marks
+
+
 def frames(recording: Recording, layers: list[str] | None = None, steps: slice | None = None,
-           **overrides: Any) -> Iterator[np.ndarray]:
-    """Rendered frames in chunks of ``CHUNK_STEPS`` steps (constant memory for long runs)."""
+           every: int | None = None, **overrides: Any) -> Iterator[np.ndarray]:
+    """Rendered frames in chunks of ``CHUNK_STEPS`` steps (constant memory for long runs).
+
+    As the live run: accents rebuilt from the norms, every Nth step (``every``, default the
+    recorded one)."""
     norms, missing, skipped, _ = select(recording, layers, steps)
+    rows = steps if steps is not None else slice(None)
     cols = np.asarray(_columns(recording, layers))
+    marks = accent_marks(recording)[rows][:, cols]
     assert recording.voice_counts is not None
-    counts = recording.voice_counts[steps if steps is not None else slice(None)]
+    counts = recording.voice_counts[rows]
+    every = every or int(recording.settings.get("every") or 1)
+    sounded = recording.steps[rows] % every == 0
     synth, mapping = synth_for(recording, **overrides)
     for start, stop in _runs(counts):  # voices added mid-run: each stretch with its own voices
         keep = cols < counts[start]
         for lo in range(start, stop, CHUNK_STEPS):
             hi = min(lo + CHUNK_STEPS, stop)
-            freqs, kinds = plan_tones(mapping, norms[lo:hi][:, keep], missing[lo:hi][:, keep],
-                                      skipped[lo:hi])
-            yield synth.render(freqs, kinds)
+            idx = np.arange(lo, hi)[sounded[lo:hi]]
+            if not len(idx):
+                continue
+            freqs, kinds = plan_tones(mapping, norms[idx][:, keep], missing[idx][:, keep],
+                                      skipped[idx])
+            yield synth.render(freqs, kinds, marks[idx][:, keep])
 
 
 def render_to_file(recording: Recording, out: str | os.PathLike[str], fmt: str = "wav",

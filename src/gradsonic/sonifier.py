@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from ._signals import install_sigterm_exit
+from .accents import AccentDetector, Accents, resolve_accents
 from .errors import ConfigError, ConfigTypeError, GradsonicError, GradsonicWarning
 from .files import new_run_folder
 from .mapping import ALARM, SILENT, MappingLike, mapping_settings, plan_tones, resolve_mapping
@@ -67,13 +68,15 @@ class _Worker(threading.Thread):
 
     def __init__(self, mapping: Callable[[np.ndarray], np.ndarray], synth: Synth,
                  sinks: list[Sink], on_step: Callable[[StepRecord], Any] | None,
-                 max_pending: int) -> None:
+                 max_pending: int, accents: Accents | None = None, every: int = 1) -> None:
         super().__init__(name="gradsonic-worker", daemon=True)
         self.queue: queue.Queue[PendingNorms | _Command] = queue.Queue(max_pending)
         self.mapping = mapping
         self.synth = synth
         self.sinks = sinks
         self.on_step = on_step
+        self.detector = AccentDetector(accents) if accents is not None else None
+        self.every = every
         self.stats = Stats()
         # How long steps may pile up before the worker renders them: the tightest latency any
         # sink asks for (a file needs none to speak of; live audio needs ~20 ms).
@@ -132,11 +135,13 @@ class _Worker(threading.Thread):
         except BaseException as e:  # a device error while reading norms: keep training alive
             self._fail("reading gradient norms", e)
             return
+        marks = (self.detector.mark(norms, missing) if self.detector is not None
+                 else np.zeros(norms.shape, dtype=np.uint8))
         if self.on_step is not None:
             for i, p in enumerate(pending):
                 try:
                     self.on_step(StepRecord(p.step, norms[i].copy(), missing[i].copy(),
-                                            p.layer_names, p.skipped))
+                                            p.layer_names, p.skipped, marks[i].copy()))
                 except BaseException as e:
                     self._fail("on_step callback (now disabled)", e)
                     self.on_step = None
@@ -144,13 +149,24 @@ class _Worker(threading.Thread):
         block = StepBlock(pending[0].step, len(pending), self.synth.step_samples(norms.shape[1]),
                           self.synth.tone_samples,
                           np.fromiter((p.time for p in pending), float, len(pending)),
-                          norms, missing, skipped, _scalars(pending), pending[0].layer_names)
+                          norms, missing, skipped, _scalars(pending), pending[0].layer_names,
+                          marks)
         self._write([s for s in self.sinks if not s.needs_frames], None, block)  # recordings
         if not self.audio_ok:
             return
+        if self.every > 1:  # sound every Nth step (the recording above has them all)
+            keep = np.fromiter((p.step % self.every == 0 for p in pending), bool, len(pending))
+            if not keep.any():
+                return
+            idx = np.flatnonzero(keep)
+            norms, missing, skipped, marks = norms[idx], missing[idx], skipped[idx], marks[idx]
+            block = StepBlock(pending[idx[0]].step, len(idx), block.step_frames,
+                              block.tone_frames, block.times[idx], norms, missing, skipped,
+                              None, block.layer_names, marks)
+            pending = [pending[i] for i in idx]
         try:
             freqs, kinds = plan_tones(self.mapping, norms, missing, skipped)
-            frames = self.synth.render(freqs, kinds)
+            frames = self.synth.render(freqs, kinds, marks)
         except BaseException as e:
             self._fail("mapping/synthesis (audio now disabled)", e)
             self.audio_ok = False
@@ -252,6 +268,11 @@ class GradientSonifier:
         voices: at most this many voices (default 16): a model with more layer voices is heard
             in groups that follow its structure (blocks, stages), each group's norm the norm of
             all its gradients; ``"all"``: one voice per layer; or ``{"name": [patterns]}``.
+        accents: mark a voice that spikes (>= 5x its running median) or collapses (to 1/1000 of
+            it) with a louder, percussive tone (:mod:`gradsonic.accents`); ``False`` turns them
+            off; an :class:`~gradsonic.accents.Accents` sets the thresholds.
+        every: sound every Nth optimizer step (steps 0, N, 2N, ...); on_step and the recording
+            still get every step.
         wav: ``"auto"`` (default): ``run.wav`` in this run's folder (``run_dir``); a path, written
             as given; or ``None`` for no WAV.
         mapping: ``"log"`` (default, see :class:`~gradsonic.mapping.LogMapping`), ``"seed"``
@@ -285,6 +306,7 @@ class GradientSonifier:
     """
 
     _worker: _Worker | None = None
+    _warmup: tuple[np.ndarray, np.ndarray] | None = None
     _inert = False
     _last_pending: PendingNorms | None = None
     _closed = True
@@ -304,6 +326,8 @@ class GradientSonifier:
         *,
         record: str | os.PathLike[str] | None = "auto",
         voices: int | str | dict[str, Any] = 16,
+        accents: bool | Accents = True,
+        every: int = 1,
         run_dir: str | os.PathLike[str] | None = None,
         resume: bool | int = False,
         quiet: bool = False,
@@ -317,6 +341,11 @@ class GradientSonifier:
     ) -> None:
         self.mapping = resolve_mapping(mapping)
         self.synth = Synth(sample_rate, tone_duration, silence_duration, amplitude)
+        self.accents = resolve_accents(accents)
+        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+            raise ConfigError(f"every must be an integer >= 1 (sound every Nth step), not "
+                              f"{every!r}")
+        self.every = every
         self._tap = NormTap(model, layers, voices)
         wav_format = WavFormat.parse(wav_format, "wav_format")
         if on_step is not None and not callable(on_step):
@@ -417,7 +446,10 @@ class GradientSonifier:
         out = [s for s in out if not s.closed]  # e.g. live audio without a device: warned
         self.sinks = tuple(out)
         max_pending = min([max_pending] + [s.max_pending for s in out if s.max_pending])
-        self._worker = _Worker(self.mapping, self.synth, out, on_step, max_pending)
+        self._worker = _Worker(self.mapping, self.synth, out, on_step, max_pending,
+                               self.accents, self.every)
+        if self._warmup is not None and self._worker.detector is not None:
+            self._worker.detector.mark(*self._warmup)  # a resumed run's recent history
         self._worker.start()
         self._closed = False
         # Drains the worker and finalises the files on close(), when the sonifier is garbage
@@ -442,7 +474,9 @@ class GradientSonifier:
         synth = self.synth
         return {"mapping": mapping_settings(self.mapping), "sample_rate": synth.sample_rate,
                 "tone_duration": synth.tone_duration,
-                "silence_duration": synth.silence_duration, "amplitude": synth.amplitude}
+                "silence_duration": synth.silence_duration, "amplitude": synth.amplitude,
+                "accents": self.accents.settings() if self.accents is not None else None,
+                "every": self.every}
 
     @property
     def layer_names(self) -> tuple[str, ...]:
@@ -655,6 +689,9 @@ class GradientSonifier:
             wav.resume_at(frames)
         if rec_sink is not None and rec is not None:
             rec_sink.resume_at(steps, names)
+            if self.accents is not None:  # the accent detector's history, as it was
+                lo = max(0, steps - self.accents.window)
+                self._warmup = (rec.norms[lo:steps], rec.missing[lo:steps])
         if at is not None:
             self._step = at
         elif steps:

@@ -19,6 +19,11 @@ unmistakable among sine tones, and never a NaN/Inf sample. A pitch beyond the ma
 and 5th harmonics (those below the alias-free limit), ``x = (s1 + 0.5 s3 + 0.25 s5) / 1.1278`` with
 ``sk = sin(2 pi k f n / sample_rate)`` (1.1278 is that sum's peak, so it never exceeds
 ``amplitude``) - a bright buzz at about the same loudness (RMS 0.72 of ``amplitude`` vs 0.71).
+
+Accents (:mod:`gradsonic.accents`) change a tone's loudness, not its pitch: an accented tone is
+multiplied by ``1 + 1.5 * exp(-n / (3 ms))`` (2.5x at its onset, decaying to normal), and a
+*spike* adds a click, ``1.5 * amplitude * noise[n] * exp(-n / (0.5 ms))`` with a fixed seeded noise;
+samples are clipped to [-1, 1].
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ import numpy as np
 
 from ._options import check_number
 from .errors import ConfigError
+from .accents import COLLAPSE, SPIKE
 from .mapping import ALARM, OVER, SILENT, TONE
 
 MIN_HZ = 20.0
@@ -76,6 +82,12 @@ class Synth:
         self._n_over_fs = np.arange(self.tone_samples, dtype=np.float64) / self.sample_rate
         noise = np.random.default_rng(ALARM_SEED).uniform(-1.0, 1.0, self.tone_samples)
         self._alarm = (self.amplitude * env * noise).astype(np.float32)
+        n = np.arange(self.tone_samples, dtype=np.float64)
+        self._accent_gain = (1.0 + 1.5 * np.exp(-n / (0.003 * self.sample_rate))).astype(
+            np.float32)
+        click = np.random.default_rng(ALARM_SEED + 1).uniform(-1.0, 1.0, self.tone_samples)
+        self._click = (1.5 * self.amplitude * click * np.exp(-n / (0.0005 * self.sample_rate))
+                       ).astype(np.float32)
         self._buf64: np.ndarray | None = None
         self._tmp64: np.ndarray | None = None
         self._buf32: np.ndarray | None = None
@@ -100,8 +112,10 @@ class Synth:
         assert self._tmp64 is not None and self._buf32 is not None
         return self._buf64[:tones], self._tmp64[:tones], self._buf32[:tones]
 
-    def render(self, freqs: np.ndarray, kinds: np.ndarray) -> np.ndarray:
-        """Frames for ``[steps, layers]`` frequencies and kinds, as one float32 mono block.
+    def render(self, freqs: np.ndarray, kinds: np.ndarray,
+               marks: np.ndarray | None = None) -> np.ndarray:
+        """Frames for ``[steps, layers]`` frequencies and kinds (and accent marks), as one
+        float32 mono block.
 
         Not thread-safe (it reuses work buffers): one synth per worker thread.
         """
@@ -131,6 +145,12 @@ class Synth:
             over = kinds == OVER
             if over.any():
                 tones[over] = self._over(freqs[over])
+        if marks is not None and marks.any():
+            sounding = (kinds == TONE) | (kinds == OVER)
+            accented = sounding & (marks & (SPIKE | COLLAPSE) > 0)
+            tones[accented] *= self._accent_gain
+            tones[sounding & (marks & SPIKE > 0)] += self._click
+            np.clip(tones, -1.0, 1.0, out=tones)
         return out.reshape(-1)
 
     def _over(self, freqs: np.ndarray) -> np.ndarray:

@@ -39,7 +39,8 @@ class StepRecord:
     updated by the optimizer that stepped, frozen, unused) has ``missing[i] = True`` and
     ``norms[i] = nan``. ``nonfinite[i]`` marks a voice whose gradient norm is NaN or +-Inf (it
     sounds as the alarm). ``skipped`` marks a step a ``GradScaler`` skipped because of inf/NaN
-    gradients: the whole step sounds as the alarm.
+    gradients: the whole step sounds as the alarm. ``accents[i]`` holds voice ``i``'s accent
+    bits (:data:`gradsonic.accents.SPIKE` 1, :data:`~gradsonic.accents.COLLAPSE` 2; 0 = none).
     """
 
     step: int
@@ -47,10 +48,13 @@ class StepRecord:
     missing: np.ndarray
     layer_names: tuple[str, ...]
     skipped: bool = False  # the optimizer did not apply this step (AMP found inf/NaN)
+    accents: np.ndarray | None = None
     nonfinite: np.ndarray = field(init=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "nonfinite", ~np.isfinite(self.norms) & ~self.missing)
+        if self.accents is None:
+            object.__setattr__(self, "accents", np.zeros(len(self.norms), dtype=np.uint8))
 
 
 class PendingNorms:

@@ -33,6 +33,7 @@ class StepBlock:
     skipped: np.ndarray
     scalars: list[dict[str, float]] | None = None  # son.log() values, one dict per step
     layer_names: tuple[str, ...] = ()  # the voices, in tone order (voices may be added later)
+    accents: np.ndarray | None = None  # [count, layers] accent bits (gradsonic.accents)
 
 
 class Sink:

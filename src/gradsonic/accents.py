@@ -1,0 +1,116 @@
+"""Accents: a voice that spikes or collapses gets a tone a listener notices without remembering
+pitches.
+
+For each voice the detector keeps its last ``window`` finite norms (a ring, constant memory). A
+step's norm is
+
+* a **spike** (``SPIKE``) when it is at least ``spike_factor`` (5x) times the median of that
+  history (once at least ``min_history`` steps are known);
+* a **collapse** (``COLLAPSE``) when it falls to ``collapse_factor`` (1/1000) of that median or
+  below - a layer whose gradient dies, norm 0 included.
+
+Non-finite norms are the alarm already (:mod:`gradsonic.mapping`) and are not accents. The marks
+are a function of the norms alone, in step order, so ``gradsonic render`` and the plots rebuild
+them from a recording exactly as the live run made them (a resumed run warms the detector up with
+the recorded history). A spike is played louder with a percussive onset and a bright click, a
+collapse with the louder onset alone (:meth:`gradsonic.synth.Synth.render`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from ._options import check_number
+from .errors import ConfigError, ConfigTypeError
+
+SPIKE = np.uint8(1)
+COLLAPSE = np.uint8(2)
+
+
+@dataclass(frozen=True)
+class Accents:
+    """When a voice is accented (see the module docstring). ``GradientSonifier(accents=...)``."""
+
+    spike_factor: float = 5.0
+    collapse_factor: float = 1e-3
+    window: int = 32
+    min_history: int = 8
+
+    def __post_init__(self) -> None:
+        check_number(self.spike_factor, "Accents.spike_factor", low=1.0)
+        check_number(self.collapse_factor, "Accents.collapse_factor", high=1.0, allow_high=False)
+        for name in ("window", "min_history"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"Accents.{name} must be an integer >= 1, not {value!r}")
+        if self.min_history > self.window:
+            raise ConfigError(f"Accents.min_history ({self.min_history}) must not exceed "
+                              f"window ({self.window})")
+
+    def settings(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def resolve_accents(value: Any) -> Accents | None:
+    if value is True:
+        return Accents()
+    if value is False or value is None:
+        return None
+    if isinstance(value, Accents):
+        return value
+    if isinstance(value, dict):
+        try:
+            return Accents(**value)
+        except TypeError as e:
+            raise ConfigError(f"accents settings {value!r} are not Accents fields: {e}") from None
+    raise ConfigTypeError(f"accents must be True, False or an Accents(...), not {value!r}")
+
+
+class AccentDetector:
+    """Marks ``[steps, voices]`` of norms in step order; keeps only ``window`` steps of history."""
+
+    def __init__(self, rule: Accents) -> None:
+        self.rule = rule
+        self._hist = np.full((rule.window, 0), np.nan)
+        self._pos = 0
+
+    def mark(self, norms: np.ndarray, missing: np.ndarray) -> np.ndarray:
+        """The marks (``SPIKE``/``COLLAPSE`` bits, uint8) of these steps, updating the history."""
+        steps, voices = norms.shape
+        if self._hist.shape[1] < voices:  # voices added during the run
+            grown = np.full((self.rule.window, voices), np.nan)
+            grown[:, : self._hist.shape[1]] = self._hist
+            self._hist = grown
+        hist = self._hist[:, :voices]
+        marks = np.zeros((steps, voices), dtype=np.uint8)
+        rule = self.rule
+        for i in range(steps):
+            x = norms[i].astype(np.float64)
+            ok = np.isfinite(x) & ~missing[i]
+            known = np.count_nonzero(~np.isnan(hist), axis=0)
+            if known.max(initial=0) >= 1:
+                med = _nanmedian(hist)
+                with np.errstate(invalid="ignore"):
+                    spike = ok & (known >= rule.min_history) & (med > 0) & (
+                        x >= rule.spike_factor * med)
+                    collapse = ok & (med > 0) & (x <= rule.collapse_factor * med)
+                marks[i] = np.where(spike, SPIKE, 0) | np.where(collapse, COLLAPSE, 0)
+            hist[self._pos] = np.where(ok, x, np.nan)
+            self._pos = (self._pos + 1) % rule.window
+        return marks
+
+
+def _nanmedian(hist: np.ndarray) -> np.ndarray:
+    """Column medians ignoring NaN (all-NaN columns give NaN), without numpy's warning."""
+    filled = np.sort(hist, axis=0)  # NaN sorts last
+    known = np.count_nonzero(~np.isnan(hist), axis=0)
+    out = np.full(hist.shape[1], np.nan)
+    cols = np.flatnonzero(known)
+    k = known[cols]
+    lo = filled[(k - 1) // 2, cols]
+    hi = filled[k // 2, cols]
+    out[cols] = 0.5 * (lo + hi)
+    return out

@@ -1,0 +1,148 @@
+"""A sound that scales: voices grouped by structure, the time budget, accents, every Nth step."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from gradsonic import GradientSonifier, MemorySink
+from gradsonic.accents import COLLAPSE, SPIKE, AccentDetector, Accents
+from gradsonic.recording import read_recording
+from gradsonic.render import frames as render_frames
+
+from .fixtures.models import TinyMLP, train_steps
+
+
+def deep_residual(n_layers: int = 75, width: int = 16) -> nn.Module:
+    class Residual(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.blocks = nn.ModuleList(nn.Linear(width, width) for _ in range(n_layers))
+
+        def forward(self, x):
+            for block in self.blocks:
+                x = x + 0.1 * torch.tanh(block(x))
+            return x
+
+    return Residual()
+
+
+def resnet_like() -> nn.Module:
+    def block():
+        return nn.Sequential(nn.Conv2d(4, 4, 3, padding=1), nn.BatchNorm2d(4),
+                             nn.Conv2d(4, 4, 3, padding=1))
+
+    model = nn.Sequential()
+    model.add_module("stem", nn.Conv2d(3, 4, 3))
+    for s in range(1, 5):
+        model.add_module(f"layer{s}", nn.Sequential(*[block() for _ in range(3)]))
+    model.add_module("pool", nn.AdaptiveAvgPool2d(1))
+    model.add_module("flat", nn.Flatten())
+    model.add_module("fc", nn.Linear(4, 10))
+    return model
+
+
+@pytest.mark.parametrize("make, expected", [
+    (resnet_like, ["stem"] + [f"layer{s}.{b}" for s in range(1, 5) for b in range(3)] + ["fc"]),
+    (lambda: deep_residual(100), [f"blocks.{a}..{b}" for a, b in [
+        (0, 6), (7, 12), (13, 18), (19, 24), (25, 31), (32, 37), (38, 43), (44, 49), (50, 56),
+        (57, 62), (63, 68), (69, 74), (75, 81), (82, 87), (88, 93), (94, 99)]]),
+])
+def test_many_layers_are_grouped_by_structure_within_16_voices_and_200_ms(make, expected):
+    model = make()
+    with GradientSonifier(model, wav=None) as son:
+        assert list(son.layer_names) == expected
+        heard = {n for names in son.layer_params for n in names}
+        assert heard == {n for n, p in model.named_parameters()
+                         if "bias" not in n.rsplit(".", 1)[-1]}
+        seconds = son.synth.step_samples(len(son.layer_names)) / son.synth.sample_rate
+        assert seconds <= 0.2
+        assert "layers" in son.summary().splitlines()[1]
+
+
+def test_a_group_norm_is_the_norm_of_all_its_gradients_together():
+    model = deep_residual(40)
+    records = []
+    with GradientSonifier(model, wav=None, on_step=records.append) as son:
+        opt = son.wrap(torch.optim.SGD(model.parameters(), lr=0.0))
+        model(torch.randn(5, 16)).pow(2).sum().backward()
+        named = dict(model.named_parameters())
+        expected = [float(torch.sqrt(sum(named[n].grad.double().pow(2).sum() for n in names)))
+                    for names in son.layer_params]
+        opt.step()
+    assert len(son.layer_names) == 16 and len(son.layer_params[0]) >= 2
+    np.testing.assert_allclose(records[0].norms, expected, rtol=1e-5)
+
+
+def test_voices_all_and_named_groups():
+    model = deep_residual(30)
+    with GradientSonifier(model, wav=None, voices="all") as son:
+        assert len(son.layer_names) == 30
+    with GradientSonifier(model, wav=None, voices={"early": "blocks.1?", "late": ["blocks.2?"]}
+                          ) as son:
+        assert son.layer_names == ("other", "early", "late")
+        assert len(son.layer_params[1]) == 10 and len(son.layer_params[2]) == 10
+    with pytest.raises(ValueError, match=r"voices group\(s\) \['none'\] match no voice"):
+        GradientSonifier(model, wav=None, voices={"none": "nothing*"})
+    with pytest.raises(ValueError, match=r"voices must be a number >= 1, 'all', or a dict"):
+        GradientSonifier(model, wav=None, voices=0)
+
+
+def test_the_seed_cnn_keeps_its_four_voices():
+    from gradsonic.demo import SeedCNN
+
+    with GradientSonifier(SeedCNN(), wav=None) as son:
+        assert son.layer_names == ("conv1", "conv2", "fc1", "fc2")
+
+
+def test_accents_mark_spikes_and_collapses_against_the_running_median():
+    detector = AccentDetector(Accents(window=8, min_history=4))
+    norms = np.ones((12, 3), dtype=np.float32)
+    norms[6, 0] = 5.5  # 5.5x the median: spike
+    norms[7, 1] = 4.0  # only 4x: nothing
+    norms[8, 2] = 0.0  # collapse
+    norms[2, 0] = 50.0  # too early (3 steps of history): nothing
+    missing = np.zeros(norms.shape, dtype=bool)
+    marks = detector.mark(norms[:5], missing[:5])  # in two blocks: the history carries over
+    marks = np.concatenate([marks, detector.mark(norms[5:], missing[5:])])
+    expected = np.zeros(norms.shape, dtype=np.uint8)
+    expected[6, 0], expected[8, 2] = SPIKE, COLLAPSE
+    np.testing.assert_array_equal(marks, expected)
+
+
+def test_a_planted_spike_is_accented_heard_louder_and_rebuilt_by_render():
+    model = TinyMLP()
+    mem = MemorySink()
+    records = []
+    with GradientSonifier(model, wav="run.wav", record="run.gsr", sinks=[mem], quiet=True,
+                          on_step=records.append) as son:
+        opt = son.wrap(torch.optim.SGD(model.parameters(), lr=0.0))
+        train_steps(model, opt, steps=20,
+                    before_step=lambda i: model.fc2.weight.grad.mul_(10.0 if i == 15 else 1.0))
+    marks = np.array([r.accents for r in records])
+    assert marks[15].tolist() == [0, SPIKE, 0] and marks[:15].sum() == 0
+    step = son.synth.step_samples(3)
+    tone = son.synth.tone_samples
+    loud = np.abs(mem.frames[15 * step + tone: 15 * step + 2 * tone]).max()
+    before = np.abs(mem.frames[14 * step + tone: 14 * step + 2 * tone]).max()
+    assert loud > 2.0 * before  # the accented onset and click
+    again = np.concatenate(list(render_frames(read_recording("run.gsr"))))
+    np.testing.assert_array_equal(again, mem.frames)  # render rebuilds the accents exactly
+
+
+def test_every_nth_step_is_sounded_and_every_step_recorded():
+    model = TinyMLP()
+    mem = MemorySink()
+    records = []
+    with GradientSonifier(model, wav=None, record="run.gsr", sinks=[mem], every=4, quiet=True,
+                          on_step=records.append) as son:
+        opt = son.wrap(torch.optim.SGD(model.parameters(), lr=0.1))
+        train_steps(model, opt, steps=10)
+    assert len(records) == 10 and len(read_recording("run.gsr").steps) == 10
+    assert mem.frames.size == 3 * son.synth.step_samples(3)  # steps 0, 4, 8
+    again = np.concatenate(list(render_frames(read_recording("run.gsr"))))
+    np.testing.assert_array_equal(again, mem.frames)
+    with pytest.raises(ValueError, match=r"every must be an integer >= 1"):
+        GradientSonifier(model, wav=None, every=0)
