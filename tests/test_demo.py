@@ -86,6 +86,7 @@ def test_demo_command_writes_one_wav_per_preset(tmp_path, capsys):
         info = soundfile.info(str(out / f"{name}.wav"))
         assert info.frames == 6 * SEED_STEP and info.samplerate == 44100
         assert str(out / f"{name}.wav") in printed
+    assert printed.count(f"({6 * SEED_STEP / 44100:.1f} s of audio; trained in ") == 2
     assert "listen for" in printed
 
 

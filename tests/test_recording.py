@@ -13,6 +13,7 @@ import torch
 
 from gradsonic import GradientSonifier
 from gradsonic.cli import main
+from gradsonic.render import render_to_file
 from gradsonic.recording import read_recording
 
 from .fixtures.models import TinyMLP, train_steps
@@ -39,7 +40,7 @@ def test_recording_holds_every_step_norms_and_settings():
     assert not rec.missing.any() and not rec.skipped.any()
     assert rec.settings["mapping"] == {"kind": "seed", "offset_hz": 200.0, "hz_per_unit": 100.0,
                                        "min_hz": 200.0, "max_hz": 4200.0}
-    assert rec.settings["accents"]["spike_factor"] == 5.0 and rec.settings["every"] == 1
+    assert rec.settings["accents"]["spike_factor"] == 3.0 and rec.settings["every"] == 1
     assert rec.settings["tone_duration"] == 0.005 and rec.versions["gradsonic"]
     # compact: fixed binary rows of 8 + 4 + 3 * 4 + 3 bytes, padded to 32, after the header
     raw = open("run.gsr", "rb").read()
@@ -64,6 +65,9 @@ def test_render_with_other_settings_layers_steps_and_formats(capsys):
     # 20 ms tones, and the silence stays two tone lengths (the run used the default)
     assert info.format == "FLAC" and info.frames == 5 * (2 * 2 * TONE + 2 * 2 * TONE)
     assert "5 steps" in capsys.readouterr().out
+    progress = []
+    render_to_file(read_recording("run.gsr"), "p.wav", progress=progress.append)
+    assert sum(progress) == 10  # counted in recorded steps, not chunks
     assert main(["render", "run.gsr", "-o", "all.ogg", "--format", "ogg", "-q"]) == 0
     assert soundfile.info("all.ogg").format == "OGG"
 

@@ -100,8 +100,8 @@ def test_the_seed_cnn_keeps_its_four_voices():
 def test_accents_mark_spikes_and_collapses_against_the_running_median():
     detector = AccentDetector(Accents(window=8, min_history=4))
     norms = np.ones((12, 3), dtype=np.float32)
-    norms[6, 0] = 5.5  # 5.5x the median: spike
-    norms[7, 1] = 4.0  # only 4x: nothing
+    norms[6, 0] = 3.5  # 3.5x the median: spike
+    norms[7, 1] = 2.5  # only 2.5x: nothing
     norms[8, 2] = 0.0  # collapse
     norms[2, 0] = 50.0  # too early (3 steps of history): nothing
     missing = np.zeros(norms.shape, dtype=bool)

@@ -70,9 +70,13 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         seconds = time.perf_counter() - t0
         written.append((wav, preset, result.alarm_steps, seconds))
     print("\nWrote:")
+    import soundfile
+
     for wav, preset, alarms, seconds in written:
         alarm = f", NaN/Inf alarm on {alarms} steps" if alarms else ""
-        print(f"  {wav}  ({seconds:.1f} s{alarm})\n      listen for: {preset.listen_for}")
+        audio = soundfile.info(str(wav)).duration
+        print(f"  {wav}  ({audio:.1f} s of audio{alarm}; trained in {seconds:.1f} s)\n"
+              f"      listen for: {preset.listen_for}")
     print("\nEach step is one short tone per layer (conv1, conv2, fc1, fc2), then a pause.")
     if args.record:
         run = out / f"{names[0]}.gsr"
@@ -117,12 +121,12 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 def _cmd_render(args: argparse.Namespace) -> int:
     from .recording import read_recording
-    from .render import CHUNK_STEPS, render_to_file, select
+    from .render import render_to_file, select
 
     rec = read_recording(args.run)
     steps = _steps_slice(args.steps)
     n = len(select(rec, args.layers, steps)[0])
-    update, close = _progress(max(1, -(-n // CHUNK_STEPS)), "render", args.quiet)
+    update, close = _progress(n, "render", args.quiet)
     try:
         frames = render_to_file(rec, args.output, fmt=args.format, progress=update,
                                 layers=args.layers, steps=steps, mapping=args.mapping,

@@ -78,6 +78,13 @@ def frames(recording: Recording, layers: list[str] | None = None, steps: slice |
 
     As the live run: accents rebuilt from the norms, every Nth step (``every``, default the
     recorded one)."""
+    for _, chunk in chunks(recording, layers, steps, every, **overrides):
+        yield chunk
+
+
+def chunks(recording: Recording, layers: list[str] | None = None, steps: slice | None = None,
+           every: int | None = None, **overrides: Any) -> Iterator[tuple[int, np.ndarray]]:
+    """``(recorded steps covered, frames)`` per chunk: :func:`frames` with progress."""
     norms, missing, skipped, _ = select(recording, layers, steps)
     rows = steps if steps is not None else slice(None)
     cols = np.asarray(_columns(recording, layers))
@@ -93,10 +100,11 @@ def frames(recording: Recording, layers: list[str] | None = None, steps: slice |
             hi = min(lo + CHUNK_STEPS, stop)
             idx = np.arange(lo, hi)[sounded[lo:hi]]
             if not len(idx):
+                yield hi - lo, np.zeros(0, dtype=np.float32)
                 continue
             freqs, kinds = plan_tones(mapping, norms[idx][:, keep], missing[idx][:, keep],
                                       skipped[idx])
-            yield synth.render(freqs, kinds, marks[idx][:, keep])
+            yield hi - lo, synth.render(freqs, kinds, marks[idx][:, keep])
 
 
 def render_to_file(recording: Recording, out: str | os.PathLike[str], fmt: str = "wav",
@@ -118,11 +126,11 @@ def render_to_file(recording: Recording, out: str | os.PathLike[str], fmt: str =
                                    format=fmt.upper(), subtype=None)
         write = sink.write
     try:
-        for chunk in frames(recording, **kwargs):
+        for n_steps, chunk in chunks(recording, **kwargs):
             write(chunk)
             total += chunk.size
             if progress is not None:
-                progress(1)
+                progress(n_steps)
     finally:
         sink.close()
     return total

@@ -268,7 +268,7 @@ class GradientSonifier:
         voices: at most this many voices (default 16): a model with more layer voices is heard
             in groups that follow its structure (blocks, stages), each group's norm the norm of
             all its gradients; ``"all"``: one voice per layer; or ``{"name": [patterns]}``.
-        accents: mark a voice that spikes (>= 5x its running median) or collapses (to 1/1000 of
+        accents: mark a voice that spikes (>= 3x its running median) or collapses (to 1/1000 of
             it) with a louder, percussive tone (:mod:`gradsonic.accents`); ``False`` turns them
             off; an :class:`~gradsonic.accents.Accents` sets the thresholds.
         every: sound every Nth optimizer step (steps 0, N, 2N, ...); on_step and the recording
