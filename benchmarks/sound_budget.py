@@ -117,6 +117,7 @@ def main(argv: list[str] | None = None) -> None:
           f"step {steps // 2}; robust z of the spectral change (seeds {seeds})")
     print("| sound | audio per step | z per seed | median z |\n| --- | --- | --- | --- |")
     for label, kwargs in (("before (one voice per layer, 1 oct/decade, no accents)", OLD),
+                          ("16 voices, no accents", dict(accents=False)),
                           ("new defaults (16 voices, accents)", {})):
         zs, secs = [], 0.0
         for seed in seeds:

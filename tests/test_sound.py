@@ -146,3 +146,31 @@ def test_every_nth_step_is_sounded_and_every_step_recorded():
     np.testing.assert_array_equal(again, mem.frames)
     with pytest.raises(ValueError, match=r"every must be an integer >= 1"):
         GradientSonifier(model, wav=None, every=0)
+
+
+def test_plots_decimate_long_runs_by_envelopes_keeping_every_event(tmp_path):
+    from gradsonic.plot import decimate, plot_recording
+    from gradsonic.recording import Recording
+
+    steps, voices = 100_000, 16
+    rng = np.random.default_rng(0)
+    norms = rng.uniform(0.5, 1.5, (steps, voices)).astype(np.float32)
+    norms[55_555, 3] = 400.0  # one step among 100k: must survive decimation
+    norms[77_777, 5] = 0.0  # a dead step
+    norms[88_888, 7] = np.nan  # the alarm
+    with GradientSonifier(TinyMLP(), wav=None) as son:
+        settings = son.settings()
+    rec = Recording(tmp_path / "long.gsr", tuple(f"v{i}" for i in range(voices)),
+                    np.arange(steps), norms, np.zeros(norms.shape, dtype=bool),
+                    np.zeros(steps, dtype=bool), settings)
+    d = decimate(rec, max_columns=1500)
+    assert len(d["x"]) <= 1500
+    b = np.searchsorted(d["x"], [55_555, 77_777, 88_888], side="right") - 1
+    assert d["hi"][b[0], 3] == 400.0 and d["spike"][b[0], 3]  # envelope max and its accent
+    assert d["dead"][b[1], 5] and d["collapse"][b[1], 5]
+    assert d["alarm"][b[2], 7] and d["alarm"].sum() == 1
+    plot_recording(rec, tmp_path / "long.png")
+    import matplotlib.image
+
+    image = matplotlib.image.imread(tmp_path / "long.png")
+    assert image.shape[0] > 600 and image.shape[1] > 1200
