@@ -174,3 +174,64 @@ def test_plots_decimate_long_runs_by_envelopes_keeping_every_event(tmp_path):
 
     image = matplotlib.image.imread(tmp_path / "long.png")
     assert image.shape[0] > 600 and image.shape[1] > 1200
+
+
+def test_chord_layout_is_stereo_one_tone_per_step_panned_by_depth_in_every_sink():
+    import scipy.io.wavfile
+
+    class Spread(nn.Module):  # three layers with very different gradient norms -> pitches
+        def __init__(self):
+            super().__init__()
+            self.a, self.b, self.c = nn.Linear(4, 4), nn.Linear(4, 4), nn.Linear(4, 4)
+
+        def forward(self, x):
+            return self.c(self.b(self.a(x)))
+
+    torch.manual_seed(0)
+    model = Spread()
+    mem = MemorySink()
+    with GradientSonifier(model, wav="chord.wav", record="chord.gsr", sinks=[mem], quiet=True,
+                          layout="chord", tone_duration=0.05, accents=False) as son:
+        opt = son.wrap(torch.optim.SGD(model.parameters(), lr=0.0))
+        for _ in range(4):
+            opt.zero_grad()
+            model(torch.randn(8, 4)).pow(2).sum().backward()
+            model.a.weight.grad.mul_(1e-3)  # low pitch, voice 0: left
+            model.c.weight.grad.mul_(1e3)  # high pitch, voice 2: right
+            opt.step()
+    step = son.synth.step_samples(3)
+    assert son.synth.channels == 2 and step == son.synth.tone_samples + son.synth.silence_samples
+    rate, wav = scipy.io.wavfile.read("chord.wav")  # an independent reader
+    assert wav.shape == (4 * step, 2) and wav.dtype == np.float32
+    np.testing.assert_array_equal(wav, mem.frames)
+    tone = wav[: son.synth.tone_samples].astype(np.float64)
+    spectrum = np.abs(np.fft.rfft(tone * np.hanning(len(tone))[:, None], axis=0))
+    hz = np.fft.rfftfreq(len(tone), 1 / rate)
+    low, high = (np.argmin(abs(hz - f)) for f in son.mapping(np.array(
+        [float(model.a.weight.grad.norm()), float(model.c.weight.grad.norm())])))
+    assert spectrum[low, 0] > 5 * spectrum[low, 1]  # voice 0 is on the left
+    assert spectrum[high, 1] > 5 * spectrum[high, 0]  # the last voice on the right
+    again = np.concatenate(list(render_frames(read_recording("chord.gsr"))))
+    np.testing.assert_array_equal(again, mem.frames)  # render: stereo, the same samples
+    from gradsonic.notebook import audio
+
+    assert "audio/wav" in audio(mem.frames, rate)._repr_html_() or audio(mem.frames, rate).data
+
+
+def test_chord_layout_plays_bit_exactly_through_real_pyaudio_in_stereo():
+    from gradsonic.sinks import LiveSink
+
+    from .conftest import CAPTURE
+
+    model = TinyMLP()
+    mem = MemorySink()
+    sink = LiveSink(policy="block")
+    with GradientSonifier(model, wav=None, live=sink, sinks=[mem], layout="chord") as son:
+        assert sink.available and sink._stream._channels == 2  # a real stereo PortAudio stream
+        train_steps(model, son.wrap(torch.optim.SGD(model.parameters(), lr=0.05)), steps=5)
+    played = np.fromfile(CAPTURE, dtype="<f4")
+    want = mem.frames.reshape(-1)  # interleaved L R, as the device got it
+    # every step in full and in order (silence - lead-in, underruns between steps - carries no
+    # information and is left out on both sides)
+    np.testing.assert_array_equal(played[played != 0], want[want != 0])
+    assert sink.stats.played_steps == 5 and sink.stats.frames_played >= mem.frames.shape[0]

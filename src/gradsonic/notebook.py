@@ -37,7 +37,10 @@ def audio(frames: np.ndarray, sample_rate: int) -> Any:
         from IPython.display import Audio
     except ModuleNotFoundError as e:
         raise ModuleNotFoundError("notebook playback needs IPython: pip install ipython") from e
-    return Audio(np.asarray(frames, dtype=np.float32), rate=sample_rate, normalize=False)
+    data = np.asarray(frames, dtype=np.float32)
+    if data.ndim == 2:  # [frames, channels] -> IPython's [channels, frames]
+        data = data.T
+    return Audio(data, rate=sample_rate, normalize=False)
 
 
 def play(path: str | os.PathLike[str]) -> Any:

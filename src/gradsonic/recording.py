@@ -325,7 +325,7 @@ def _check_settings(settings: dict[str, Any], p: Path) -> None:
     from .synth import Synth
 
     kw = {k: settings[k] for k in ("sample_rate", "tone_duration", "silence_duration",
-                                   "amplitude") if settings.get(k) is not None}
+                                   "amplitude", "layout") if settings.get(k) is not None}
     mapping = settings.get("mapping", {"kind": "log"})
     try:
         Synth(**kw)

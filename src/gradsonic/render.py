@@ -51,7 +51,8 @@ def synth_for(recording: Recording, **overrides: Any) -> tuple[Synth, Callable]:
     mapping = overrides.pop("mapping", None)
     mapping = resolve_mapping(mapping) if mapping is not None else mapping_from_settings(
         s.get("mapping", {"kind": "log"}))
-    kw = {k: s.get(k) for k in ("sample_rate", "tone_duration", "silence_duration", "amplitude")}
+    kw = {k: s.get(k) for k in ("sample_rate", "tone_duration", "silence_duration", "amplitude",
+                                "layout")}
     if (overrides.get("tone_duration") is not None and s.get("tone_duration")
             and s.get("silence_duration") == 2 * s["tone_duration"]):
         kw["silence_duration"] = None  # the default silence (two tones) follows the new tone
@@ -117,12 +118,13 @@ def render_to_file(recording: Recording, out: str | os.PathLike[str], fmt: str =
         from .sinks.wav import WavSink
 
         sink: Any = WavSink(out)
+        sink.channels = synth.channels
         sink.open(synth.sample_rate)
         write = sink.write
     else:
         import soundfile
 
-        sink = soundfile.SoundFile(str(out), "w", synth.sample_rate, 1,
+        sink = soundfile.SoundFile(str(out), "w", synth.sample_rate, synth.channels,
                                    format=fmt.upper(), subtype=None)
         write = sink.write
     try:

@@ -268,6 +268,9 @@ class GradientSonifier:
         voices: at most this many voices (default 16): a model with more layer voices is heard
             in groups that follow its structure (blocks, stages), each group's norm the norm of
             all its gradients; ``"all"``: one voice per layer; or ``{"name": [patterns]}``.
+        layout: ``"sequence"`` (default: one tone per voice, one after another, mono) or
+            ``"chord"`` (all voices at once, panned left to right by depth, stereo: a step lasts
+            one tone).
         accents: mark a voice that spikes (>= 3x its running median) or collapses (to 1/1000 of
             it) with a louder, percussive tone (:mod:`gradsonic.accents`); ``False`` turns them
             off; an :class:`~gradsonic.accents.Accents` sets the thresholds.
@@ -326,6 +329,7 @@ class GradientSonifier:
         *,
         record: str | os.PathLike[str] | None = "auto",
         voices: int | str | dict[str, Any] = 16,
+        layout: str = "sequence",
         accents: bool | Accents = True,
         every: int = 1,
         run_dir: str | os.PathLike[str] | None = None,
@@ -340,7 +344,7 @@ class GradientSonifier:
         rank: int | None = 0,
     ) -> None:
         self.mapping = resolve_mapping(mapping)
-        self.synth = Synth(sample_rate, tone_duration, silence_duration, amplitude)
+        self.synth = Synth(sample_rate, tone_duration, silence_duration, amplitude, layout)
         self.accents = resolve_accents(accents)
         if isinstance(every, bool) or not isinstance(every, int) or every < 1:
             raise ConfigError(f"every must be an integer >= 1 (sound every Nth step), not "
@@ -425,6 +429,7 @@ class GradientSonifier:
             # Lock every file and check what is there before anything is truncated or written:
             # a constructor that raises leaves the disk as it was.
             for s in out:
+                s.channels = self.synth.channels
                 s.prepare(self.synth.sample_rate)
             if resume is not False:
                 self._resume([s for s in out if isinstance(s, (WavSink, RecordSink))],
@@ -475,6 +480,7 @@ class GradientSonifier:
         return {"mapping": mapping_settings(self.mapping), "sample_rate": synth.sample_rate,
                 "tone_duration": synth.tone_duration,
                 "silence_duration": synth.silence_duration, "amplitude": synth.amplitude,
+                "layout": synth.layout.value,
                 "accents": self.accents.settings() if self.accents is not None else None,
                 "every": self.every}
 

@@ -1,7 +1,13 @@
 """Tone plans -> float32 audio frames.
 
-Layout of one step (the 2019 experiment's): one tone per layer, in layer order, each
-``tone_samples`` long, then ``silence_samples`` of silence.
+Two layouts of one step:
+
+* ``"sequence"`` (default; the 2019 experiment's, mono): one tone per voice, in voice order, each
+  ``tone_samples`` long, then ``silence_samples`` of silence.
+* ``"chord"`` (stereo): all voices at once for one tone length, then the silence - a step lasts one
+  tone whatever the model. Voice ``i`` of ``n`` is panned by depth, from the left (the input side)
+  to the right (the output side), with constant power: left ``cos(theta)``, right ``sin(theta)``,
+  ``theta = pi/2 * i / (n - 1)``; the sum is divided by ``sqrt(n)`` and clipped to [-1, 1].
 
 The samples of a tone at frequency ``f`` (clamped to ``[20 Hz, 0.45 * sample_rate]``) are exactly::
 
@@ -32,7 +38,7 @@ import math
 
 import numpy as np
 
-from ._options import check_number
+from ._options import StrEnum, check_number
 from .errors import ConfigError
 from .accents import COLLAPSE, SPIKE
 from .mapping import ALARM, OVER, SILENT, TONE
@@ -45,11 +51,20 @@ OVER_PEAK = 1.1278091066  # max of sin x + 0.5 sin 3x + 0.25 sin 5x
 _CHUNK_TONES = 128  # tones rendered per inner pass
 
 
+class Layout(StrEnum):
+    SEQUENCE = "sequence"
+    CHORD = "chord"
+
+
 class Synth:
     """Renders many steps at once; stateless between calls (each tone starts at phase 0)."""
 
     def __init__(self, sample_rate: int = 44100, tone_duration: float = 0.01,
-                 silence_duration: float | None = None, amplitude: float = 0.1) -> None:
+                 silence_duration: float | None = None, amplitude: float = 0.1,
+                 layout: str = "sequence") -> None:
+        self.layout = Layout.parse(layout, "layout")
+        #: 1 (mono) for the sequence layout, 2 (stereo) for the chord layout
+        self.channels = 1 if self.layout is Layout.SEQUENCE else 2
         if isinstance(sample_rate, bool) or not isinstance(sample_rate, (int, np.integer)):
             raise ConfigError(f"sample_rate must be an integer number of Hz, not {sample_rate!r}")
         if not 8000 <= sample_rate <= 768000:
@@ -93,7 +108,9 @@ class Synth:
         self._buf32: np.ndarray | None = None
 
     def step_samples(self, n_layers: int) -> int:
-        """Number of frames one step of ``n_layers`` tones occupies."""
+        """Number of frames one step of ``n_layers`` voices occupies."""
+        if self.layout is Layout.CHORD:
+            return self.tone_samples + self.silence_samples
         return n_layers * self.tone_samples + self.silence_samples
 
     def clamp(self, freqs: np.ndarray) -> np.ndarray:
@@ -115,14 +132,32 @@ class Synth:
     def render(self, freqs: np.ndarray, kinds: np.ndarray,
                marks: np.ndarray | None = None) -> np.ndarray:
         """Frames for ``[steps, layers]`` frequencies and kinds (and accent marks), as one
-        float32 mono block.
+        float32 block: ``[frames]`` (sequence, mono) or ``[frames, 2]`` (chord, stereo).
 
         Not thread-safe (it reuses work buffers): one synth per worker thread.
         """
+        if self.layout is Layout.CHORD:
+            return self._chord(self._sequence(freqs, kinds, marks), *np.shape(freqs))
+        return self._sequence(freqs, kinds, marks)
+
+    def _chord(self, sequence: np.ndarray, steps: int, voices: int) -> np.ndarray:
+        T = self.tone_samples
+        tones = sequence.reshape(steps, voices * T + self.silence_samples)[:, : voices * T]
+        tones = tones.reshape(steps, voices, T)
+        theta = (0.5 * math.pi * np.arange(voices) / (voices - 1) if voices > 1
+                 else np.full(voices, 0.25 * math.pi))
+        gains = np.stack([np.cos(theta), np.sin(theta)]) / math.sqrt(max(voices, 1))  # [2, V]
+        out = np.zeros((steps, T + self.silence_samples, 2), dtype=np.float32)
+        out[:, :T, :] = np.einsum("cv,svt->stc", gains, tones)
+        np.clip(out, -1.0, 1.0, out=out)
+        return out.reshape(-1, 2)
+
+    def _sequence(self, freqs: np.ndarray, kinds: np.ndarray,
+                  marks: np.ndarray | None = None) -> np.ndarray:
         freqs = self.clamp(freqs)
         steps, layers = freqs.shape
         T = self.tone_samples
-        out = np.zeros((steps, self.step_samples(layers)), dtype=np.float32)
+        out = np.zeros((steps, layers * T + self.silence_samples), dtype=np.float32)
         tones = out[:, : layers * T].reshape(steps, layers, T)  # a view into out
         chunk = max(1, _CHUNK_TONES // max(layers, 1))  # steps per pass, buffers stay in cache
         for lo in range(0, steps, chunk):

@@ -40,6 +40,8 @@ class Sink:
     """Base class; subclasses implement :meth:`write` and may override :meth:`flush`/:meth:`_close`."""
 
     closed: bool = True  # class-level so close() works after a failed __init__
+    #: 1 (mono, the sequence layout) or 2 (stereo, the chord layout); set by the sonifier.
+    channels: int = 1
     #: How long (seconds) frames may wait before reaching this sink. The worker batches steps
     #: for the smallest ``max_delay`` among its sinks: longer batches cost training less.
     max_delay: float = 0.1

@@ -86,16 +86,17 @@ StreamFactory = Callable[[int, int, Callable[..., Any], Any], Any]
 
 
 def pyaudio_stream(sample_rate: int, frames_per_buffer: int, callback: Callable[..., Any],
-                   device: Any) -> Any:
-    """Open a PyAudio float32 mono output stream in callback mode; raise OSError if none."""
+                   device: Any, channels: int = 1) -> Any:
+    """Open a PyAudio float32 output stream in callback mode; raise OSError if none."""
     pyaudio = _import_pyaudio()
     with _quiet_stderr():
         pa = pyaudio.PyAudio()
     try:
         if device is None and pa.get_device_count() == 0:
             raise OSError("no audio output device (this looks like a headless machine)")
-        stream = pa.open(format=pyaudio.paFloat32, channels=1, rate=sample_rate, output=True,
-                         frames_per_buffer=frames_per_buffer, output_device_index=device,
+        stream = pa.open(format=pyaudio.paFloat32, channels=channels, rate=sample_rate,
+                         output=True, frames_per_buffer=frames_per_buffer,
+                         output_device_index=device,
                          stream_callback=callback, start=False)
     except BaseException:
         pa.terminate()
@@ -156,10 +157,12 @@ class LiveSink(Sink):
     def open(self, sample_rate: int) -> None:
         """Open the device; on failure warn once and leave the sink closed (training goes on)."""
         self.sample_rate = int(sample_rate)
-        self._latency_frames = max(1, round(self.latency * self.sample_rate))
+        # The ring holds samples (stereo interleaved): every count below is frames x channels.
+        self._latency_frames = max(1, round(self.latency * self.sample_rate)) * self.channels
         try:
+            extra = {"channels": self.channels} if self.channels != 1 else {}
             self._stream = self._factory(self.sample_rate, self.frames_per_buffer,
-                                         self._callback, self.device)
+                                         self._callback, self.device, **extra)
             self._stream.start_stream()
         except (OSError, ModuleNotFoundError, ImportError) as e:
             self._release()
@@ -172,7 +175,7 @@ class LiveSink(Sink):
         self.available = True
 
     def _ensure_capacity(self, step_frames: int) -> None:
-        need = self._latency_frames + 2 * step_frames + self.frames_per_buffer
+        need = self._latency_frames + 2 * step_frames + self.frames_per_buffer * self.channels
         if self._ring.size >= need:
             return
         waiting = self._take(self._read, self._write - self._read) if self._ring.size else None
@@ -202,11 +205,12 @@ class LiveSink(Sink):
         """PortAudio's callback: copy ready frames, never raise."""
         try:
             out = self._out
-            if out.size != frame_count:
-                out = self._out = np.zeros(frame_count, dtype=np.float32)
+            samples = frame_count * self.channels
+            if out.size != samples:
+                out = self._out = np.zeros(samples, dtype=np.float32)
             with self._cond:
                 self._last_callback = now = time.monotonic()
-                n = max(0, min(self._write - self._read, frame_count))
+                n = max(0, min(self._write - self._read, samples))
                 if n:
                     out[:n] = self._take(self._read, n)
                 end = self._read + n
@@ -222,13 +226,13 @@ class LiveSink(Sink):
                 while self._cuts and self._cuts[0] < end:
                     self._cuts.popleft()
                 self._read = end
-                self.stats.frames_played += n
+                self.stats.frames_played += n // self.channels
                 self._cond.notify_all()
             out[n:] = 0.0
             return out.tobytes(), 0  # paContinue
         except BaseException as e:  # never raise into PortAudio
             self.error = e
-            return bytes(4 * frame_count), 2  # paAbort
+            return bytes(4 * frame_count * self.channels), 2  # paAbort
 
     # -- the worker side ---------------------------------------------------------------
 
@@ -240,7 +244,8 @@ class LiveSink(Sink):
             raise SinkError(f"live audio stopped: {self.error!r}") from self.error
         if not self.available or self.closed:
             return
-        step = block.step_frames
+        step = block.step_frames * self.channels
+        frames = np.ascontiguousarray(frames).reshape(-1)  # stereo: interleaved samples
         with self._cond:
             self._ensure_capacity(step)
             first = 0
@@ -259,7 +264,7 @@ class LiveSink(Sink):
                     self.stats.dropped_steps += 1  # busy: skip this step, whole
                     continue
                 self._append(frames[k * step:(k + 1) * step], float(block.times[k]),
-                             block.tone_frames)
+                             block.tone_frames * self.channels)
 
     def _append(self, frames: np.ndarray, t_step: float, tone: int) -> None:
         start = self._write
@@ -295,7 +300,8 @@ class LiveSink(Sink):
     def _close(self) -> None:
         """Play out what is buffered (bounded), then stop and release the device."""
         if self.available and self.error is None:
-            deadline = time.monotonic() + (self._write - self._read) / self.sample_rate + 0.5
+            deadline = time.monotonic() + (self._write - self._read) / (
+                self.sample_rate * self.channels) + 0.5
             with self._cond:
                 while self._write > self._read and time.monotonic() < deadline:
                     self._cond.wait(0.02)
@@ -317,7 +323,8 @@ class LiveSink(Sink):
 
 
 def play_frames(frames: np.ndarray, sample_rate: int, device: int | None = None) -> None:
-    """Play mono float32 frames to the end through PyAudio (blocking); OSError if no device."""
+    """Play float32 frames (``[n]`` mono or ``[n, 2]`` stereo) to the end through PyAudio
+    (blocking); OSError if no device."""
     pyaudio = _import_pyaudio()
     with _quiet_stderr():
         pa = pyaudio.PyAudio()
@@ -325,13 +332,15 @@ def play_frames(frames: np.ndarray, sample_rate: int, device: int | None = None)
         if device is None and pa.get_device_count() == 0:
             raise OSError(f"no audio output device (this looks like a headless machine); "
                           f"copy the file to a machine with speakers, or {INSTALL_HINT}")
-        stream = pa.open(format=pyaudio.paFloat32, channels=1, rate=int(sample_rate),
+        channels = 1 if np.ndim(frames) == 1 else int(np.shape(frames)[1])
+        stream = pa.open(format=pyaudio.paFloat32, channels=channels, rate=int(sample_rate),
                          output=True, output_device_index=device)
         try:
-            data = np.ascontiguousarray(frames, dtype=np.float32)
-            for lo in range(0, data.size, 4096):
-                stream.write(data[lo:lo + 4096].tobytes())
-            stream.write(bytes(4 * (sample_rate // 5)))  # 0.2 s of silence so the tail plays
+            data = np.ascontiguousarray(frames, dtype=np.float32).reshape(-1)
+            for lo in range(0, data.size, 4096 * channels):
+                stream.write(data[lo:lo + 4096 * channels].tobytes())
+            # 0.2 s of silence so the tail plays
+            stream.write(bytes(4 * channels * (sample_rate // 5)))
         finally:
             stream.stop_stream()
             stream.close()

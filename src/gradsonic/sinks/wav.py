@@ -124,7 +124,7 @@ class WavSink(Sink):
                 f"resume: {str(self.path)!r} is {found}; this sonifier writes gradsonic's "
                 f"{self.format.value} mono WAV at {self.sample_rate} Hz: resume with the same "
                 "settings, or write to a new path")
-        return (size - len(ours)) // self._bytes_per_sample
+        return (size - len(ours)) // self._bytes_per_frame
 
     def resume_at(self, frames: int) -> None:
         """Keep the first ``frames`` frames of the existing file (whole steps) and append."""
@@ -161,13 +161,17 @@ class WavSink(Sink):
     def _bytes_per_sample(self) -> int:
         return 4 if self.format is WavFormat.FLOAT32 else 2
 
+    @property
+    def _bytes_per_frame(self) -> int:
+        return self._bytes_per_sample * self.channels
+
     def open(self, sample_rate: int) -> None:
         if self._lock is None:  # used on its own, not through a sonifier
             self.prepare(sample_rate)
         assert self._file is not None
         try:
             keep = self._keep if self._keep is not None else (self.existing_frames or 0)
-            bps = self._bytes_per_sample
+            bps = self._bytes_per_frame
             start = len(self._header()) if keep else 0
             if stat.S_ISREG(os.fstat(self._file.fileno()).st_mode):  # not /dev/full, a FIFO...
                 self._file.truncate(start + keep * bps)  # no resume: truncate(0), empty
@@ -181,15 +185,15 @@ class WavSink(Sink):
 
     def _header(self) -> bytes:
         assert self.sample_rate is not None
-        bps = self._bytes_per_sample
-        data_bytes = self.frames_written * bps
+        bps, bpf, ch = self._bytes_per_sample, self._bytes_per_frame, self.channels
+        data_bytes = self.frames_written * bpf
         if self.format is WavFormat.FLOAT32:
-            fmt = struct.pack("<HHIIHHH", _WAVE_FORMAT_IEEE_FLOAT, 1, self.sample_rate,
-                              self.sample_rate * bps, bps, 8 * bps, 0)
+            fmt = struct.pack("<HHIIHHH", _WAVE_FORMAT_IEEE_FLOAT, ch, self.sample_rate,
+                              self.sample_rate * bpf, bpf, 8 * bps, 0)
             extra = b"fact" + struct.pack("<II", 4, self.frames_written)
         else:
-            fmt = struct.pack("<HHIIHH", _WAVE_FORMAT_PCM, 1, self.sample_rate,
-                              self.sample_rate * bps, bps, 8 * bps)
+            fmt = struct.pack("<HHIIHH", _WAVE_FORMAT_PCM, ch, self.sample_rate,
+                              self.sample_rate * bpf, bpf, 8 * bps)
             extra = b""
         body = (b"WAVE" + b"fmt " + struct.pack("<I", len(fmt)) + fmt + extra
                 + b"data" + struct.pack("<I", data_bytes))
@@ -209,15 +213,19 @@ class WavSink(Sink):
         if self._file is None or self.closed:
             return
         x = np.asarray(frames, dtype=np.float32)
-        bps = self._bytes_per_sample
-        if self.frames_written and (self.frames_written + x.size) * bps > self.max_data_bytes:
+        if x.ndim != (1 if self.channels == 1 else 2) or (x.ndim == 2 and x.shape[1] != self.channels):
+            raise SinkError(f"{self!r} writes {self.channels} channel(s); got frames of shape "
+                            f"{x.shape}")
+        n = x.shape[0]
+        bps = self._bytes_per_frame
+        if self.frames_written and (self.frames_written + n) * bps > self.max_data_bytes:
             self._roll()  # blocks hold whole steps, so every file holds whole steps
-        if x.size * bps > _MAX_DATA_BYTES:
-            raise SinkError(f"a block of {x.size} frames does not fit in one WAV file")
+        if n * bps > _MAX_DATA_BYTES:
+            raise SinkError(f"a block of {n} frames does not fit in one WAV file")
         if self.format is WavFormat.PCM16:
             data = np.round(np.clip(x, -1.0, 1.0) * 32767.0).astype("<i2").tobytes()
         else:
-            data = x.astype("<f4", copy=False).tobytes()
+            data = x.astype("<f4", copy=False).tobytes()  # stereo: interleaved L R
         view = memoryview(data)
         written = 0
         try:
