@@ -1,16 +1,22 @@
-"""Rebuild docs/assets: one short OGG clip and one plot per seed preset, and the mapping picture.
+"""Rebuild docs/assets: the seed presets and a 75-layer model as short OGG clips with their plots,
+and the mapping picture.
 
     python scripts/make_docs_assets.py        # uses the embedded MNIST subset; ~1 minute
+
+Clips are rendered with the defaults a user gets (the log mapping, accents, at most 16 voices);
+the presets were recorded with the demo's 2019 mapping and are re-rendered from their recordings.
 """
 
 from __future__ import annotations
 
+import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
+import torch
 
-from gradsonic import LogMapping, SeedMapping
+from gradsonic import GradientSonifier, LogMapping, SeedMapping
 from gradsonic.cli import main as cli
 from gradsonic.demo import PRESETS
 from gradsonic.plot import plot_recording
@@ -18,6 +24,7 @@ from gradsonic.recording import read_recording
 
 ASSETS = Path(__file__).resolve().parent.parent / "docs" / "assets"
 STEPS = 100  # 6 s of sound per preset keeps the five clips to a few hundred KB
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 
 
 def mapping_picture() -> None:
@@ -26,20 +33,51 @@ def mapping_picture() -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    norms = np.logspace(-5, 5, 400)
+    norms = np.logspace(-6, 6, 400)
     fig, ax = plt.subplots(figsize=(7, 3.5))
-    ax.plot(norms, LogMapping()(norms), label='"log" (default): 440 Hz x 2^log10(norm)')
-    ax.plot(norms, np.clip(SeedMapping()(norms), 20, 0.45 * 44100),
-            label='"seed": 200 + 100 x norm Hz (clamped at 0.45 fs)')
+    for mapping, label in ((LogMapping(), '"log" (default): C6 at norm 1, half an octave/decade'),
+                           (SeedMapping(), '"seed": 200 + 100 x norm Hz')):
+        hz = mapping(norms)
+        lo, hi = mapping.band
+        inside = (hz >= lo) & (hz <= hi)
+        line, = ax.plot(norms[inside], hz[inside], label=label)
+        ax.plot(norms[~inside], np.clip(hz[~inside], lo, hi), ls=":", color=line.get_color())
+    ax.axhspan(LogMapping().min_hz, LogMapping().max_hz, color="grey", alpha=0.12,
+               label="the default band, C4-C8 (dotted: over-range timbre at the edge)")
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("gradient norm")
     ax.set_ylabel("tone frequency (Hz)")
     ax.grid(True, which="major", alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7, loc="upper left")
     fig.tight_layout()
     fig.savefig(ASSETS / "mappings.png", dpi=80)
     plt.close(fig)
+
+
+def large_model(tmp: Path) -> None:
+    """A 75-layer residual MLP (16 voices by default), one layer's gradient x10 at step 40."""
+    from sound_budget import Residual
+
+    for layout in ("sequence", "chord"):
+        torch.manual_seed(0)
+        model = Residual()
+        run = tmp / f"large-{layout}"
+        run.mkdir()
+        with GradientSonifier(model, wav=None, record=run / "run.gsr", layout=layout,
+                              quiet=True) as son:
+            opt = son.wrap(torch.optim.SGD(model.parameters(), lr=0.01))
+            for i in range(80):
+                opt.zero_grad()
+                model(torch.randn(16, 32)).pow(2).mean().backward()
+                if i == 40:
+                    model.blocks[37].weight.grad.mul_(10.0)
+                opt.step()
+        name = "large-model" if layout == "sequence" else "large-model-chord"
+        cli(["render", str(run / "run.gsr"), "-o", str(ASSETS / f"{name}.ogg"), "--format", "ogg",
+             "-q"])
+        if layout == "sequence":
+            plot_recording(read_recording(run / "run.gsr"), ASSETS / f"{name}.png", dpi=60)
 
 
 def main() -> None:
@@ -49,8 +87,10 @@ def main() -> None:
         cli(["demo", "--steps", str(STEPS), "--record", "-q", "--out", tmp])
         for name in PRESETS:
             run = Path(tmp) / f"{name}.gsr"
-            cli(["render", str(run), "-o", str(ASSETS / f"{name}.ogg"), "--format", "ogg", "-q"])
-            plot_recording(read_recording(run), ASSETS / f"{name}.png", dpi=50)
+            cli(["render", str(run), "-o", str(ASSETS / f"{name}.ogg"), "--format", "ogg",
+                 "--mapping", "log", "-q"])
+            plot_recording(read_recording(run), ASSETS / f"{name}.png", dpi=60, mapping="log")
+        large_model(Path(tmp))
 
 
 if __name__ == "__main__":
