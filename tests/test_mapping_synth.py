@@ -116,3 +116,14 @@ def test_any_float32_norms_give_finite_bounded_samples_of_exact_length(
     assert frames.size == steps * (layers * round(tone * rate) + round(silence * rate))
     assert np.all(np.isfinite(frames))
     assert np.abs(frames).max(initial=0) <= amplitude * (1 + 1e-6)
+
+
+def test_a_log_mapping_can_snap_pitches_to_a_scale():
+    m = LogMapping(scale="pentatonic")
+    hz = m(np.logspace(-3, 3, 200))
+    semitones = 12 * np.log2(hz / m.center_hz)
+    assert np.allclose(semitones, np.round(semitones), atol=1e-9)  # on notes
+    assert set(np.round(semitones).astype(int) % 12) <= {0, 2, 4, 7, 9}  # of the scale
+    assert np.all(np.diff(hz) >= 0)  # still rising with the norm
+    with pytest.raises(ValueError, match=r"LogMapping.scale must be one of .* not 'blues'"):
+        LogMapping(scale="blues")

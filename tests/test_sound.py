@@ -123,6 +123,7 @@ def test_a_planted_spike_is_accented_heard_louder_and_rebuilt_by_render():
                     before_step=lambda i: model.fc2.weight.grad.mul_(10.0 if i == 15 else 1.0))
     marks = np.array([r.accents for r in records])
     assert marks[15].tolist() == [0, SPIKE, 0] and marks[:15].sum() == 0
+    np.testing.assert_array_equal(read_recording("run.gsr").accents, marks)  # from the file
     step = son.synth.step_samples(3)
     tone = son.synth.tone_samples
     loud = np.abs(mem.frames[15 * step + tone: 15 * step + 2 * tone]).max()

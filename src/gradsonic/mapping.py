@@ -98,12 +98,18 @@ class LogMapping:
     octaves_per_decade: float = 0.5
     min_hz: float = 261.63
     max_hz: float = 4186.0
+    #: optional musical quantisation: each pitch snaps to the nearest note of this scale (on
+    #: ``center_hz`` as the tonic) - pleasant for the chord layout; None: continuous pitch
+    scale: str | None = None
 
     def __post_init__(self) -> None:
         check_number(self.center_norm, "LogMapping.center_norm")
         check_number(self.center_hz, "LogMapping.center_hz")
         check_number(self.octaves_per_decade, "LogMapping.octaves_per_decade")
         _check_band(self, "LogMapping")
+        if self.scale is not None and self.scale not in SCALES:
+            raise ConfigError(f"LogMapping.scale must be one of {sorted(SCALES)} or None, not "
+                              f"{self.scale!r}")
 
     @property
     def band(self) -> tuple[float, float]:
@@ -114,7 +120,24 @@ class LogMapping:
         with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
             octaves = self.octaves_per_decade * (np.log10(x) - math.log10(self.center_norm))
             f = self.center_hz * np.exp2(octaves)
+            if self.scale is not None:
+                f = self.center_hz * np.exp2(_snap(12.0 * octaves, SCALES[self.scale]) / 12.0)
         return np.nan_to_num(f, nan=0.0, posinf=np.inf, neginf=0.0)
+
+
+#: semitone degrees of the scales a LogMapping can quantise to (0 = the tonic, center_hz)
+SCALES = {"chromatic": tuple(range(12)), "major": (0, 2, 4, 5, 7, 9, 11),
+          "minor": (0, 2, 3, 5, 7, 8, 10), "pentatonic": (0, 2, 4, 7, 9)}
+
+
+def _snap(semitones: np.ndarray, degrees: tuple[int, ...]) -> np.ndarray:
+    """Each value to the nearest semitone that is a degree of the scale (in any octave)."""
+    grid = np.array([d + 12 * k for k in (-1, 0, 1) for d in degrees], dtype=np.float64)
+    octave = np.floor(semitones / 12.0)
+    within = semitones - 12.0 * octave
+    with np.errstate(invalid="ignore"):
+        nearest = grid[np.argmin(np.abs(within[..., None] - grid), axis=-1)]
+    return np.where(np.isfinite(semitones), 12.0 * octave + nearest, semitones)
 
 
 def _check_band(mapping: Any, what: str) -> None:

@@ -291,6 +291,14 @@ class Recording:
     def nonfinite(self) -> np.ndarray:
         return ~np.isfinite(self.norms) & ~self.missing
 
+    @property
+    def accents(self) -> np.ndarray:
+        """``[steps, voices]`` accent bits, rebuilt from the norms exactly as the run made them
+        (:mod:`gradsonic.accents`; all 0 if the run had accents off)."""
+        from .render import accent_marks
+
+        return accent_marks(self)
+
 
 def _str_list(value: Any) -> bool:
     return isinstance(value, list) and all(isinstance(v, str) for v in value)
