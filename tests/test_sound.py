@@ -236,3 +236,33 @@ def test_chord_layout_plays_bit_exactly_through_real_pyaudio_in_stereo():
     # information and is left out on both sides)
     np.testing.assert_array_equal(played[played != 0], want[want != 0])
     assert sink.stats.played_steps == 5 and sink.stats.frames_played >= mem.frames.shape[0]
+
+
+def test_the_block_accent_detector_equals_a_step_by_step_nanmedian_reference():
+    import warnings
+
+    rng = np.random.default_rng(1)
+    steps, voices = 300, 5
+    x = rng.lognormal(0, 1.2, (steps, voices)).astype(np.float32)
+    x[rng.random(x.shape) < 0.05] = 0.0
+    x[rng.random(x.shape) < 0.03] = np.nan
+    missing = rng.random(x.shape) < 0.05
+    rule = Accents()
+    expected = np.zeros(x.shape, dtype=np.uint8)
+    history: list[np.ndarray] = []
+    for i in range(steps):
+        ok = np.isfinite(x[i]) & ~missing[i]
+        past = np.array(history[-rule.window:]) if history else np.full((0, voices), np.nan)
+        with warnings.catch_warnings(), np.errstate(invalid="ignore"):
+            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns
+            med = np.nanmedian(past, axis=0) if len(past) else np.full(voices, np.nan)
+            known = np.count_nonzero(~np.isnan(past), axis=0)
+            spike = ok & (known >= rule.min_history) & (med > 0) & (x[i] >= 3.0 * med)
+            collapse = ok & (med > 0) & (x[i] <= 1e-3 * med)
+        expected[i] = np.where(spike, SPIKE, 0) | np.where(collapse, COLLAPSE, 0)
+        history.append(np.where(ok, x[i], np.nan))
+    detector = AccentDetector(rule)
+    got = np.concatenate([detector.mark(x[a:b], missing[a:b])
+                          for a, b in [(0, 7), (7, 100), (100, 101), (101, 300)]])
+    assert expected.sum() > 50
+    np.testing.assert_array_equal(got, expected)

@@ -73,47 +73,35 @@ def resolve_accents(value: Any) -> Accents | None:
 
 
 class AccentDetector:
-    """Marks ``[steps, voices]`` of norms in step order; keeps only ``window`` steps of history."""
+    """Marks ``[steps, voices]`` of norms in step order; keeps only ``window`` steps of history.
+
+    A block of steps is marked at once: every step's window of the ``window`` norms before it is a
+    view into [history, block] (``sliding_window_view``), sorted in one call."""
 
     def __init__(self, rule: Accents) -> None:
         self.rule = rule
-        self._hist = np.full((rule.window, 0), np.nan)
-        self._pos = 0
+        self._hist = np.full((rule.window, 0), np.nan)  # oldest first
 
     def mark(self, norms: np.ndarray, missing: np.ndarray) -> np.ndarray:
         """The marks (``SPIKE``/``COLLAPSE`` bits, uint8) of these steps, updating the history."""
         steps, voices = norms.shape
+        rule = self.rule
         if self._hist.shape[1] < voices:  # voices added during the run
-            grown = np.full((self.rule.window, voices), np.nan)
+            grown = np.full((rule.window, voices), np.nan)
             grown[:, : self._hist.shape[1]] = self._hist
             self._hist = grown
-        hist = self._hist[:, :voices]
-        marks = np.zeros((steps, voices), dtype=np.uint8)
-        rule = self.rule
-        for i in range(steps):
-            x = norms[i].astype(np.float64)
-            ok = np.isfinite(x) & ~missing[i]
-            known = np.count_nonzero(~np.isnan(hist), axis=0)
-            if known.max(initial=0) >= 1:
-                med = _nanmedian(hist)
-                with np.errstate(invalid="ignore"):
-                    spike = ok & (known >= rule.min_history) & (med > 0) & (
-                        x >= rule.spike_factor * med)
-                    collapse = ok & (med > 0) & (x <= rule.collapse_factor * med)
-                marks[i] = np.where(spike, SPIKE, 0) | np.where(collapse, COLLAPSE, 0)
-            hist[self._pos] = np.where(ok, x, np.nan)
-            self._pos = (self._pos + 1) % rule.window
-        return marks
-
-
-def _nanmedian(hist: np.ndarray) -> np.ndarray:
-    """Column medians ignoring NaN (all-NaN columns give NaN), without numpy's warning."""
-    filled = np.sort(hist, axis=0)  # NaN sorts last
-    known = np.count_nonzero(~np.isnan(hist), axis=0)
-    out = np.full(hist.shape[1], np.nan)
-    cols = np.flatnonzero(known)
-    k = known[cols]
-    lo = filled[(k - 1) // 2, cols]
-    hi = filled[k // 2, cols]
-    out[cols] = 0.5 * (lo + hi)
-    return out
+        x = norms.astype(np.float64)
+        ok = np.isfinite(x) & ~missing
+        seq = np.concatenate([self._hist[:, :voices], np.where(ok, x, np.nan)])
+        self._hist = np.concatenate([seq[-rule.window:], self._hist[-rule.window:, voices:]],
+                                    axis=1)
+        windows = np.lib.stride_tricks.sliding_window_view(seq, rule.window, axis=0)[:steps]
+        ordered = np.sort(windows, axis=-1)  # [steps, voices, window], NaN last
+        known = np.count_nonzero(~np.isnan(windows), axis=-1)
+        lo = np.take_along_axis(ordered, np.maximum(known - 1, 0)[..., None] // 2, -1)[..., 0]
+        hi = np.take_along_axis(ordered, (known // 2)[..., None], -1)[..., 0]
+        with np.errstate(invalid="ignore"):
+            med = np.where(known > 0, 0.5 * (lo + hi), np.nan)
+            spike = ok & (known >= rule.min_history) & (med > 0) & (x >= rule.spike_factor * med)
+            collapse = ok & (med > 0) & (x <= rule.collapse_factor * med)
+        return (np.where(spike, SPIKE, 0) | np.where(collapse, COLLAPSE, 0)).astype(np.uint8)
