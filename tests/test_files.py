@@ -359,3 +359,20 @@ def test_resuming_a_wav_that_rolled_over_past_4_gib_is_refused_untouched(tmp_pat
     with GradientSonifier(model, run_dir=tmp_path, wav=None, record=tmp_path / "run.gsr",
                           resume=True, quiet=True) as son:
         assert son.steps == 2
+
+
+def test_parts_go_beside_their_file_even_after_the_program_changes_directory(tmp_path,
+                                                                              monkeypatch):
+    model = TinyMLP()
+    model.head.requires_grad_(False)
+    son = GradientSonifier(model, wav="r.wav", record="r.gsr", quiet=True)
+    opt = son.wrap(torch.optim.SGD(model.parameters(), lr=0.1))
+    train_steps(model, opt, steps=2)
+    son.flush()
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    model.head.requires_grad_(True)  # a new voice: the recording goes on in r-002.gsr
+    train_steps(model, opt, steps=2)
+    son.close()
+    assert (tmp_path / "r-002.gsr").exists() and not any((tmp_path / "elsewhere").iterdir())
+    assert read_recording(tmp_path / "r.gsr").steps.tolist() == [0, 1, 2, 3]

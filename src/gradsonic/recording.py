@@ -76,6 +76,7 @@ class RecordSink(Sink):
                  settings: dict[str, Any], flush_interval: float = 1.0,
                  scalars: tuple[str, ...] = (), resume: bool = False) -> None:
         self.path = check_writable(path, "record")
+        self._base = self.path.absolute()
         self.paths = [self.path]  # every part written, in order
         self.layer_names = tuple(layer_names)
         self.scalar_names = tuple(scalars)
@@ -195,7 +196,8 @@ class RecordSink(Sink):
         """Voices were added: finish this part and go on in run-002.gsr, run-003.gsr, ..."""
         os.fsync(self._file.fileno())
         self._file = None
-        path = part_path(self.path, len(self.paths) + 1)
+        # from the absolute path taken at construction: the program may have changed directory
+        path = part_path(self._base, len(self.paths) + 1)
         lock = self._lock(path)
         self._locks.append(lock)
         lock.file.truncate(0)  # type: ignore[union-attr]

@@ -69,6 +69,7 @@ class WavSink(Sink):
     def __init__(self, path: str | os.PathLike[str], format: str = "float32",
                  flush_interval: float = 1.0, resume: bool = False) -> None:
         self.path = check_writable(path)
+        self._base = self.path.absolute()  # run-002.wav goes beside it even after a chdir
         self.format = WavFormat.parse(format, "wav format")
         self.flush_interval = check_number(flush_interval, "flush_interval (seconds)",
                                            allow_low=True)
@@ -134,7 +135,7 @@ class WavSink(Sink):
 
     def _part(self, n: int) -> Path:
         """run-002.wav, run-003.wav, ...: where a run past 4 GiB goes on."""
-        return self.path.with_name(f"{self.path.stem}-{n:03d}{self.path.suffix}")
+        return self._base.with_name(f"{self._base.stem}-{n:03d}{self._base.suffix}")
 
     @staticmethod
     def _open(path: Path, owner: str) -> ExclusiveFile:
