@@ -327,6 +327,9 @@ def _header(raw: bytes, edit) -> bytes:
     (lambda raw: _header(raw, lambda h: h.update(settings=None)),
      r"header has settings None, not an object"),
     (lambda raw: _header(raw, lambda h: h.pop("layer_names")), r"no list of voice names"),
+    (lambda raw: _header(raw, lambda h: h.update(layer_names=[])), r"no list of voice names"),
+    (lambda raw: _header(raw, lambda h: h["settings"].update(tone_duration=1e9)),
+     r"settings are not usable"),
     (lambda raw: _header(raw, lambda h: h["settings"]["mapping"].update(kind="lox")),
      r"settings are not usable"),
     (lambda raw: _header(raw, lambda h: h["settings"]["mapping"].update(gain=2)),
@@ -376,3 +379,34 @@ def test_parts_go_beside_their_file_even_after_the_program_changes_directory(tmp
     son.close()
     assert (tmp_path / "r-002.gsr").exists() and not any((tmp_path / "elsewhere").iterdir())
     assert read_recording(tmp_path / "r.gsr").steps.tolist() == [0, 1, 2, 3]
+
+
+def test_resume_with_every_nth_step_sounded_continues_where_the_recording_ends(tmp_path):
+    def run(run_dir, total):
+        torch.manual_seed(0)
+        model = TinyMLP()
+        with GradientSonifier(model, run_dir=run_dir, resume=True, every=3, quiet=True) as son:
+            opt = son.wrap(torch.optim.SGD(model.parameters(), lr=0.0))
+            start = son.steps
+            for step in range(start, total):
+                g = torch.Generator().manual_seed(step)
+                opt.zero_grad()
+                model(torch.randn(4, 8, generator=g)).pow(2).mean().backward()
+                opt.step()
+        return start
+
+    assert run(tmp_path / "job", 20) == 0
+    assert run(tmp_path / "job", 32) == 20  # not 7, the number of sounded steps
+    assert run(tmp_path / "straight", 32) == 0
+    rec = read_recording(tmp_path / "job" / "run.gsr")
+    assert rec.steps.tolist() == list(range(32))
+    _, audio = scipy.io.wavfile.read(tmp_path / "job" / "run.wav")
+    _, straight = scipy.io.wavfile.read(tmp_path / "straight" / "run.wav")
+    assert audio.size == straight.size == 11 * 5 * 441  # steps 0, 3, ..., 30
+    np.testing.assert_array_equal(audio, straight)
+
+
+def test_a_run_dir_that_cannot_be_made_is_a_clear_error(tmp_path):
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(ValueError, match=r"run_dir=.*afile/sub' cannot be created"):
+        GradientSonifier(TinyMLP(), run_dir=tmp_path / "afile" / "sub")

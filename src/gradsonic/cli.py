@@ -103,7 +103,9 @@ def _cmd_info(args: argparse.Namespace) -> int:
     rec = read_recording(args.run)
     s = rec.settings
     synth, _ = synth_for(rec)
-    counts, n_steps = np.unique(rec.voice_counts, return_counts=True)
+    every = int(rec.settings.get("every") or 1)
+    sounded = rec.steps % every == 0
+    counts, n_steps = np.unique(rec.voice_counts[sounded], return_counts=True)
     seconds = sum(synth.step_samples(int(k)) * int(n)
                   for k, n in zip(counts, n_steps)) / synth.sample_rate
     first = f"{rec.steps[0]}..{rec.steps[-1]}" if len(rec.steps) else "none"

@@ -311,7 +311,7 @@ def _check_header(header: Any, p: Path) -> dict[str, Any]:
     bad = None
     if not isinstance(header, dict):
         bad = f"is {type(header).__name__}, not an object"
-    elif not _str_list(header.get("layer_names")):
+    elif not _str_list(header.get("layer_names")) or not header.get("layer_names"):
         bad = "has no list of voice names ('layer_names')"
     elif not _str_list(header.get("scalars", [])):
         bad = "has a 'scalars' entry that is not a list of names"

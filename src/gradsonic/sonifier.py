@@ -356,6 +356,9 @@ class GradientSonifier:
             raise ConfigTypeError(f"on_step must be a callable or None, not {on_step!r}")
         if isinstance(max_pending, bool) or not isinstance(max_pending, int) or max_pending < 1:
             raise ConfigError(f"max_pending must be an integer >= 1, not {max_pending!r}")
+        if isinstance(sinks, Sink) or not isinstance(sinks, Iterable):
+            raise ConfigTypeError(f"sinks must be a list of gradsonic.sinks.Sink objects, not "
+                                  f"{sinks!r}")
         extra = list(sinks)
         for s in extra:
             if not isinstance(s, Sink):
@@ -375,7 +378,8 @@ class GradientSonifier:
             raise ConfigTypeError(f"quiet must be True or False, not {quiet!r}")
         if not isinstance(resume, (bool, int)) or (not isinstance(resume, bool) and resume < 0):
             raise ConfigError(f"resume must be True, False or a step number >= 0, not {resume!r}")
-        if run_dir is not None and not isinstance(run_dir, (str, os.PathLike)):
+        if run_dir is not None and (not isinstance(run_dir, (str, os.PathLike))
+                                    or str(run_dir) == ""):
             raise ConfigTypeError(f"run_dir must be a folder path or None, not {run_dir!r}")
         if run_dir is not None and Path(run_dir).exists() and not Path(run_dir).is_dir():
             raise ConfigError(f"run_dir={str(run_dir)!r} exists and is not a folder")
@@ -402,6 +406,10 @@ class GradientSonifier:
         for what, path in (("wav", wav), ("record", record)):
             if path is not None and path != "auto":
                 check_writable(path, what)
+        if (wav not in (None, "auto") and record not in (None, "auto")
+                and os.path.abspath(wav) == os.path.abspath(record)):
+            raise ConfigError(f"wav and record are the same file ({str(wav)!r}); give the "
+                              "recording its own path, e.g. run.gsr")
         made_folder: Path | None = None
         out: list[Sink] = []
         try:
@@ -409,7 +417,10 @@ class GradientSonifier:
                 if folder is None:
                     folder = made_folder = new_run_folder()
                 elif not folder.exists():
-                    folder.mkdir(parents=True)
+                    try:
+                        folder.mkdir(parents=True)
+                    except OSError as e:
+                        raise ConfigError(f"run_dir={str(folder)!r} cannot be created: {e}") from e
                     made_folder = folder
             owner = f"the GradientSonifier created at {_caller()}"
             if wav is not None:
@@ -676,12 +687,16 @@ class GradientSonifier:
         else:
             counts = None
             steps = None
+        sizes = None  # frames each recorded step took in the WAV (0: not sounded, every=N)
+        if rec is not None:
+            sounded = rec.steps % self.every == 0
+            sizes = np.array([self.synth.step_samples(int(k)) for k in counts]) * sounded
         if wav is not None and wav.existing_frames is not None:
-            if counts is not None:
-                ends = np.cumsum([self.synth.step_samples(int(k)) for k in counts])
+            if sizes is not None:
+                ends = np.cumsum(sizes)
                 whole = int(np.searchsorted(ends, wav.existing_frames, side="right"))
-            else:
-                whole = wav.existing_frames // self.synth.step_samples(len(names))
+            else:  # no recording: sounded steps are steps 0, every, 2 * every, ...
+                whole = wav.existing_frames // self.synth.step_samples(len(names)) * self.every
             steps = whole if steps is None else min(steps, whole)
         if not steps:
             steps = 0
@@ -690,8 +705,8 @@ class GradientSonifier:
                       else at)  # rows are in step order
             steps = min(steps, before)
         if wav is not None and wav.existing_frames is not None:
-            frames = (int(np.sum([self.synth.step_samples(int(k)) for k in counts[:steps]]))
-                      if counts is not None else steps * self.synth.step_samples(len(names)))
+            frames = (int(sizes[:steps].sum()) if sizes is not None
+                      else -(-steps // self.every) * self.synth.step_samples(len(names)))
             wav.resume_at(frames)
         if rec_sink is not None and rec is not None:
             rec_sink.resume_at(steps, names)

@@ -44,6 +44,7 @@ from .accents import COLLAPSE, SPIKE
 from .mapping import ALARM, OVER, SILENT, TONE
 
 MIN_HZ = 20.0
+MAX_TONE_SECONDS = 10.0  # a tone or silence longer than this is a mistake (and memory)
 NYQUIST_FRACTION = 0.45
 FADE_SECONDS = 0.001
 ALARM_SEED = 0x6A5
@@ -70,10 +71,11 @@ class Synth:
         if not 8000 <= sample_rate <= 768000:
             raise ConfigError(f"sample_rate must be in [8000, 768000] Hz, not {sample_rate!r}")
         self.sample_rate = int(sample_rate)
-        check_number(tone_duration, "tone_duration (seconds)")
+        check_number(tone_duration, "tone_duration (seconds)", high=MAX_TONE_SECONDS)
         if silence_duration is None:
             silence_duration = 2 * tone_duration
-        check_number(silence_duration, "silence_duration (seconds)", allow_low=True)
+        check_number(silence_duration, "silence_duration (seconds)", allow_low=True,
+                     high=MAX_TONE_SECONDS)
         self.amplitude = check_number(amplitude, "amplitude", high=1.0)
         self.tone_duration = float(tone_duration)
         self.silence_duration = float(silence_duration)

@@ -317,14 +317,18 @@ class Grouping:
         if voices == "all" or voices is None:
             return
         if isinstance(voices, dict):
+            if not voices:
+                raise ConfigError("voices={} names no group; give {'name': [patterns], ...}, "
+                                  "a number, or 'all'")
             self._patterns = _check_patterns(voices)
             for v in fine:
                 self._exact[v] = self._by_pattern(v)
             used = set(self._exact.values())
             empty = [name for name, _ in self._patterns if name not in used]
             if empty:
-                raise ConfigError(f"voices group(s) {empty} match no voice; the voices are "
-                                  f"{fine[:12]}{' ...' if len(fine) > 12 else ''}")
+                raise ConfigError(f"voices group(s) {empty} match no voice not already taken by "
+                                  "an earlier group (the first matching group wins); the voices "
+                                  f"are {fine[:12]}{' ...' if len(fine) > 12 else ''}")
             return
         if isinstance(voices, bool) or not isinstance(voices, int) or voices < 1:
             raise ConfigError(f"voices must be a number >= 1, 'all', or a dict of name -> "
