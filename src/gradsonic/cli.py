@@ -1,4 +1,4 @@
-"""The ``gradsonic`` command line: ``demo``, ``info``, ``render``, ``plot`` and ``play``."""
+"""The ``gradsonic`` command line: ``demo``, ``info``, ``render``, ``plot``, ``play`` and ``serve``."""
 
 from __future__ import annotations
 
@@ -161,6 +161,13 @@ def _cmd_play(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from .server import serve
+
+    serve(args.path, host=args.host, port=args.port, token=args.token)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gradsonic", description="Hear your model train.")
     parser.add_argument("--version", action="version", version=f"gradsonic {__version__}")
@@ -223,6 +230,20 @@ def build_parser() -> argparse.ArgumentParser:
     play.add_argument("file", help="an audio file or a recording")
     play.add_argument("--device", type=int, help="PyAudio output device index")
     play.set_defaults(func=_cmd_play)
+
+    srv = sub.add_parser("serve", help="hear and see runs in a browser, live (norms streamed, "
+                         "sound made in the page)",
+                         description="Serve a recording, or every run under a folder, to a "
+                         "browser page that plots and plays them as they grow. From a laptop: "
+                         "ssh -L 6070:localhost:6070 SERVER, then open http://localhost:6070/.")
+    srv.add_argument("path", nargs="?", default="gradsonic-runs",
+                     help="a recording (.gsr) or a folder of runs (default: gradsonic-runs)")
+    srv.add_argument("--host", default="127.0.0.1",
+                     help="address to listen on (127.0.0.1); any other address requires a token")
+    srv.add_argument("--port", type=int, default=6070, help="port (6070; 0 = any free port)")
+    srv.add_argument("--token", help="require this token (?token=...) even on 127.0.0.1; "
+                     "'auto' generates one (off-loopback one is always generated)")
+    srv.set_defaults(func=_cmd_serve)
     return parser
 
 

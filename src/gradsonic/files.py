@@ -50,21 +50,33 @@ def new_run_folder(root: str | os.PathLike[str] = "gradsonic-runs") -> Path:
     raise FileExistsError(f"no free run folder name under {str(base.parent)!r}")
 
 
-def _other_process(path: Path) -> str:
-    """Describe the process holding a flock on ``path`` (Linux: /proc/locks), if it can."""
+def writer_pid(path: Path) -> int | None:
+    """The process holding a writer's flock on ``path``, read from Linux's /proc/locks (without
+    taking any lock, so a reader never races a writer that is starting); None if none is
+    listed or this is not Linux."""
     try:
         st = path.stat()
         want = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
         for line in Path("/proc/locks").read_text().splitlines():
             fields = line.split()
             if len(fields) > 5 and fields[1] == "FLOCK" and fields[5] == want:
-                pid = fields[4]
-                cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(
-                    errors="replace").strip()
-                return f"process {pid} ({cmd[:120]})"
+                return int(fields[4])
     except (OSError, ValueError, IndexError):
         pass
-    return "another process"
+    return None
+
+
+def _other_process(path: Path) -> str:
+    """Describe the process holding a flock on ``path``, if it can."""
+    pid = writer_pid(path)
+    if pid is None:
+        return "another process"
+    try:
+        cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(
+            errors="replace").strip()
+    except OSError:
+        cmd = "?"
+    return f"process {pid} ({cmd[:120]})"
 
 
 class ExclusiveFile:

@@ -328,7 +328,7 @@ def _check_header(header: Any, p: Path) -> dict[str, Any]:
     return header
 
 
-def _check_settings(settings: dict[str, Any], p: Path) -> None:
+def check_settings(settings: dict[str, Any], p: Path) -> None:
     """Settings a renderer can use: a valid synth and a rebuildable (or custom) mapping."""
     from .accents import resolve_accents
     from .mapping import mapping_from_settings
@@ -352,12 +352,9 @@ def _check_settings(settings: dict[str, Any], p: Path) -> None:
                              "corrupted?") from None
 
 
-def _read_part(p: Path) -> tuple[dict[str, Any], np.ndarray, int]:
-    """Header, rows (whole ones only) and header size of one recording file."""
-    try:
-        raw = p.read_bytes()
-    except OSError as e:
-        raise RecordingError(f"cannot read recording {str(p)!r}: {e}") from e
+def parse_header(raw: bytes, p: Path) -> tuple[dict[str, Any], int]:
+    """The checked header of the recording file ``p`` and its size in bytes, from the file's
+    first bytes (at least 12 + the header length; :func:`header_size` says how many)."""
     if not raw or raw[:6] != MAGIC[:6][:len(raw)]:
         raise RecordingError(f"{str(p)!r} is not a gradsonic recording (bad magic)")
     if len(raw) < 12:
@@ -375,11 +372,47 @@ def _read_part(p: Path) -> tuple[dict[str, Any], np.ndarray, int]:
     except (UnicodeDecodeError, ValueError) as e:
         raise RecordingError(f"{str(p)!r}: the recording's header is not valid JSON ({e}); "
                              "corrupted?") from None
-    header = _check_header(header, p)
-    dtype = _row_dtype(len(header["layer_names"]), len(header.get("scalars", [])))
-    body = raw[12 + n:]
+    return _check_header(header, p), 12 + n
+
+
+def read_header(p: Path) -> tuple[dict[str, Any], int]:
+    """:func:`parse_header` of a file, reading only its header."""
+    try:
+        with open(p, "rb") as f:
+            raw = f.read(12)
+            if len(raw) == 12 and raw[:6] == MAGIC[:6]:
+                raw += f.read(struct.unpack("<I", raw[8:12])[0])
+    except OSError as e:
+        raise RecordingError(f"cannot read recording {str(p)!r}: {e}") from e
+    return parse_header(raw, p)
+
+
+def row_dtype(header: dict[str, Any]) -> np.dtype:
+    """The dtype of one row of a recording file with this header."""
+    return _row_dtype(len(header["layer_names"]), len(header.get("scalars", [])))
+
+
+def continues(first: dict[str, Any], prev: dict[str, Any], header: dict[str, Any],
+              part: int) -> bool:
+    """Whether ``header`` is part ``part`` of the run that ``first`` (part 1) started, right
+    after the part whose header is ``prev``."""
+    names = prev["layer_names"]
+    return (header.get("run_id") == first["run_id"] and header.get("part") == part
+            and header["layer_names"][:len(names)] == names
+            and header.get("scalars", []) == first.get("scalars", []))
+
+
+def _read_part(p: Path) -> tuple[dict[str, Any], np.ndarray, int]:
+    """Header, rows (whole ones only) and header size of one recording file."""
+    try:
+        raw = p.read_bytes()
+    except OSError as e:
+        raise RecordingError(f"cannot read recording {str(p)!r}: {e}") from e
+    header, size = parse_header(raw, p)
+    dtype = row_dtype(header)
+    body = raw[size:]
     rows = np.frombuffer(body[: len(body) // dtype.itemsize * dtype.itemsize], dtype=dtype)
-    return header, rows, 12 + n
+    return header, rows, size
 
 
 def read_recording(path: str | os.PathLike[str]) -> Recording:
@@ -391,16 +424,13 @@ def read_recording(path: str | os.PathLike[str]) -> Recording:
     p = Path(path)
     parts = [_read_part(p)]
     first = parts[0][0]
-    _check_settings(first.get("settings", {}), p)
+    check_settings(first.get("settings", {}), p)
     while first.get("run_id"):
         nxt = part_path(p, len(parts) + 1)
         if not nxt.exists():
             break
         header, rows, size = _read_part(nxt)
-        prev = parts[-1][0]["layer_names"]
-        if (header.get("run_id") != first["run_id"] or header.get("part") != len(parts) + 1
-                or header["layer_names"][:len(prev)] != prev
-                or header.get("scalars", []) != first.get("scalars", [])):
+        if not continues(first, parts[-1][0], header, len(parts) + 1):
             break
         parts.append((header, rows, size))
     names = tuple(parts[-1][0]["layer_names"])

@@ -47,7 +47,11 @@ def _runs(counts: np.ndarray) -> Iterator[tuple[int, int]]:
 
 def synth_for(recording: Recording, **overrides: Any) -> tuple[Synth, Callable]:
     """The synth and mapping of the recorded run, with any setting overridden."""
-    s = recording.settings
+    return synth_from_settings(recording.settings, **overrides)
+
+
+def synth_from_settings(s: dict[str, Any], **overrides: Any) -> tuple[Synth, Callable]:
+    """The synth and mapping of a recording's settings, with any setting overridden."""
     mapping = overrides.pop("mapping", None)
     mapping = resolve_mapping(mapping) if mapping is not None else mapping_from_settings(
         s.get("mapping", {"kind": "log"}))

@@ -227,14 +227,16 @@ def _process_rank() -> int:
     return 0
 
 
-def _finish(worker: _Worker, handles: list[Any]) -> None:
-    """Remove the hooks, drain and stop the worker; runs from close(), at garbage collection
-    (hooks hold the sonifier weakly: an abandoned sonifier is collected even while its
-    optimizer lives on), or at exit."""
+def _finish(worker: _Worker, handles: list[Any], server: Any = None) -> None:
+    """Remove the hooks, drain and stop the worker, stop the server; runs from close(), at
+    garbage collection (hooks hold the sonifier weakly: an abandoned sonifier is collected even
+    while its optimizer lives on), or at exit."""
     for h in handles:
         h.remove()
     handles.clear()
     _stop(worker)
+    if server is not None:
+        server.close()
     if not worker.caller_reports:  # garbage collection or interpreter exit: nobody to warn
         _print_errors(worker)
 
@@ -306,6 +308,10 @@ class GradientSonifier:
             :mod:`gradsonic._signals`); only when SIGTERM still has its default action.
         rank: under torch.distributed, the one rank that makes sound and files (0); the others
             stay silent and cost nothing. ``None``: every process sounds its own gradients.
+        serve: also serve this run to a browser page (:mod:`gradsonic.server`, the in-process
+            ``gradsonic serve``): ``True`` (http://127.0.0.1:6070/), a port, or
+            ``"host:port"`` (any address but loopback gets a token, printed in the URL). The
+            server follows the recording and stops at :meth:`close` (pages keep what they got).
     """
 
     _worker: _Worker | None = None
@@ -314,6 +320,8 @@ class GradientSonifier:
     _last_pending: PendingNorms | None = None
     _closed = True
     _handles: list[Any] = []
+    #: the browser page's server (``serve=``), or None
+    server: Any = None
 
     def __init__(
         self,
@@ -342,6 +350,7 @@ class GradientSonifier:
         max_pending: int = 4096,
         handle_sigterm: bool = True,
         rank: int | None = 0,
+        serve: bool | int | str | None = None,
     ) -> None:
         self.mapping = resolve_mapping(mapping)
         self.synth = Synth(sample_rate, tone_duration, silence_duration, amplitude, layout)
@@ -387,6 +396,14 @@ class GradientSonifier:
             record = None  # the recording comes by default with the per-run folder only
         if scalars and record is None:
             raise ConfigError("scalars are stored in the recording: pass record=... too")
+        serve_at = None
+        if serve is not None and serve is not False:
+            from .server import parse_serve
+
+            serve_at = parse_serve(serve)
+            if record is None:
+                raise ConfigError("serve= plays the run's recording in a browser: keep record= "
+                                  "on (the default with wav='auto'), or pass record='run.gsr'")
         if resume and run_dir is None and "auto" in (wav, record):
             raise ConfigError(
                 "resume=True continues the files of an earlier run: name them with "
@@ -445,9 +462,16 @@ class GradientSonifier:
             if resume is not False:
                 self._resume([s for s in out if isinstance(s, (WavSink, RecordSink))],
                              None if resume is True else int(resume))
+            if serve_at is not None:  # bind the port before any file is written
+                from .server import Server
+
+                self.server = Server(rec_sink.path, *serve_at, check=False)
             for s in out:
                 s.open(self.synth.sample_rate)
         except BaseException:
+            if self.server is not None:
+                self.server.close()
+                self.server = None
             for s in out:
                 try:
                     s.close()
@@ -471,7 +495,8 @@ class GradientSonifier:
         # Drains the worker and finalises the files on close(), when the sonifier is garbage
         # collected, or at interpreter exit - so a script that never calls close() still ends
         # with a complete WAV.
-        self._finalizer = weakref.finalize(self, _finish, self._worker, self._handles)
+        self._finalizer = weakref.finalize(self, _finish, self._worker, self._handles,
+                                           self.server)
         if handle_sigterm:
             install_sigterm_exit()
         files = [p for s in self.sinks for p in ([s.path] if isinstance(s, (WavSink, RecordSink))
@@ -482,6 +507,11 @@ class GradientSonifier:
                      else ", ".join(str(p) for p in files))
             resumed = f", resumed at step {self._step}" if self._step else ""
             print(f"gradsonic: writing {where}{resumed}", file=sys.stderr, flush=True)
+        if self.server is not None:
+            self.server.start()
+            if not quiet:
+                print(f"gradsonic: hear and see this run at {self.server.url}", file=sys.stderr,
+                      flush=True)
 
     # -- public surface ------------------------------------------------------------------
 

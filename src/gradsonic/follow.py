@@ -1,0 +1,199 @@
+"""Follow a recording as it grows, from another process: the reading side of ``gradsonic serve``.
+
+A recording (:mod:`gradsonic.recording`) is append-only with fixed-size rows and its writer never
+buffers, so a reader needs no help from the training process: the number of whole rows is
+``(size - header) // row size`` at any moment (a torn last row is simply not there yet), and row
+``i`` is at a fixed offset. :class:`Tail` keeps only each part's header and row count and reads
+the rows it is asked for straight from the files, so following a run of any length costs constant
+memory. Parts added when voices grow (``run-002.gsr``, ...) are picked up as they appear; a file
+that gets *shorter* (a job resumed from an earlier checkpoint cuts its recording back) or is
+replaced by another run raises :class:`TailReset`.
+
+:func:`encode` turns rows into what the browser page receives: per step the step number, one
+float32 norm and one byte of bits per voice, one byte of flags (a few bytes per voice per step,
+base64 in JSON). The accent marks are computed here, from the ``window`` rows before the first
+row asked for, so any range read alone carries exactly the marks the live run made.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .accents import AccentDetector, resolve_accents
+from .recording import (FLAG_SKIPPED, RecordingError, check_settings, continues, part_path,
+                        read_header, row_dtype)
+
+#: bits of the per-voice byte a page receives
+MISSING_BIT, SPIKE_BIT, COLLAPSE_BIT = 1, 2, 4
+MAX_BATCH = 4096  # rows per encoded batch
+
+
+class TailReset(Exception):
+    """The recording got shorter or was replaced: whoever follows it starts again."""
+
+
+@dataclass
+class _Part:
+    path: Path
+    header: dict[str, Any]
+    header_bytes: int
+    dtype: np.dtype
+    start: int  # index of its first row in the whole run
+    rows: int = 0
+    inode: int = 0
+
+    @property
+    def voices(self) -> int:
+        return len(self.header["layer_names"])
+
+
+@dataclass
+class Rows:
+    """Rows ``first .. first + len(steps)`` of a run, voices padded to the most any row has."""
+
+    first: int
+    steps: np.ndarray  # int64 [n]
+    norms: np.ndarray  # float32 [n, V], NaN where missing
+    missing: np.ndarray  # bool [n, V]
+    skipped: np.ndarray  # bool [n]
+    voice_counts: np.ndarray  # intp [n]
+
+
+class Tail:
+    """One recording followed as it grows (see the module docstring)."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        header, size = read_header(self.path)
+        check_settings(header.get("settings", {}), self.path)
+        self.parts = [_Part(self.path, header, size, row_dtype(header), 0,
+                            inode=self.path.stat().st_ino)]
+        self.accents = resolve_accents(header.get("settings", {}).get("accents"))
+        self.refresh()
+
+    @property
+    def header(self) -> dict[str, Any]:
+        return self.parts[0].header
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        return self.header.get("settings", {})
+
+    @property
+    def layer_names(self) -> list[str]:
+        return list(self.parts[-1].header["layer_names"])
+
+    @property
+    def rows(self) -> int:
+        last = self.parts[-1]
+        return last.start + last.rows
+
+    def refresh(self) -> int:
+        """Look at the files again; the number of whole rows now. Raises :class:`TailReset` if
+        the recording got shorter or another run replaced it."""
+        for part in self.parts:
+            try:
+                st = part.path.stat()
+            except OSError as e:
+                raise TailReset(f"{str(part.path)!r} is gone ({e})") from None
+            rows = (st.st_size - part.header_bytes) // part.dtype.itemsize
+            if st.st_ino != part.inode or rows < part.rows:
+                raise TailReset(f"{str(part.path)!r} was cut back or replaced")
+            if part is not self.parts[-1] and rows != part.rows:
+                raise TailReset(f"{str(part.path)!r} grew after the next part began")
+            part.rows = rows
+        while self.header.get("run_id"):
+            nxt = part_path(self.path, len(self.parts) + 1)
+            try:
+                header, size = read_header(nxt)
+                inode = nxt.stat().st_ino
+            except (RecordingError, OSError):
+                break  # not there, or its header is not whole yet
+            if not continues(self.header, self.parts[-1].header, header, len(self.parts) + 1):
+                break
+            last = self.parts[-1]
+            part = _Part(nxt, header, size, row_dtype(header), last.start + last.rows, inode=inode)
+            part.rows = max(0, (nxt.stat().st_size - size) // part.dtype.itemsize)
+            self.parts.append(part)
+        return self.rows
+
+    def _part_at(self, row: int) -> int:
+        for i, part in enumerate(self.parts):
+            if row < part.start + part.rows or i == len(self.parts) - 1:
+                return i
+        return len(self.parts) - 1
+
+    def read(self, lo: int, hi: int) -> Rows:
+        """Rows ``lo .. hi - 1`` (clipped to the whole rows known at the last refresh)."""
+        lo, hi = max(0, lo), min(hi, self.rows)
+        n = max(0, hi - lo)
+        voices = max((p.voices for p in self.parts if p.start < hi and p.start + p.rows > lo),
+                     default=self.parts[-1].voices)
+        out = Rows(lo, np.zeros(n, np.int64), np.full((n, voices), np.nan, np.float32),
+                   np.ones((n, voices), bool), np.zeros(n, bool), np.zeros(n, np.intp))
+        row = lo
+        while row < hi:
+            part = self.parts[self._part_at(row)]
+            end = min(hi, part.start + part.rows)
+            size = part.dtype.itemsize
+            with open(part.path, "rb") as f:
+                f.seek(part.header_bytes + (row - part.start) * size)
+                data = f.read((end - row) * size)
+            got = np.frombuffer(data[: len(data) // size * size], dtype=part.dtype)
+            at, k = row - lo, len(got)
+            if k == 0:
+                break
+            out.steps[at:at + k] = got["step"]
+            out.skipped[at:at + k] = (got["flags"] & FLAG_SKIPPED) > 0
+            out.norms[at:at + k, :part.voices] = got["norms"]
+            out.missing[at:at + k, :part.voices] = got["missing"].astype(bool)
+            out.voice_counts[at:at + k] = part.voices
+            row += k
+        return out
+
+    def batches(self, lo: int, hi: int) -> list[dict[str, Any]]:
+        """:func:`encode`-d rows ``lo .. hi - 1``, in batches of at most ``MAX_BATCH`` rows that
+        never span two parts (each has one voice count)."""
+        out = []
+        hi = min(hi, self.rows)
+        while lo < hi:
+            part = self.parts[self._part_at(lo)]
+            end = min(hi, lo + MAX_BATCH, part.start + part.rows)
+            out.append(self.encode(lo, end))
+            lo = end
+        return out
+
+    def marks(self, rows: Rows) -> np.ndarray:
+        """The accent marks of these rows, exactly as the live run made them: the detector looks
+        at the ``window`` rows before each step only, so it warms up on those before ``lo``."""
+        if self.accents is None or not len(rows.steps):
+            return np.zeros(rows.norms.shape, np.uint8)
+        detector = AccentDetector(self.accents)
+        warm = self.read(rows.first - self.accents.window, rows.first)
+        voices = rows.norms.shape[1]
+        if len(warm.steps):
+            detector.mark(warm.norms[:, :voices], warm.missing[:, :voices])
+        return detector.mark(rows.norms, rows.missing)
+
+    def encode(self, lo: int, hi: int) -> dict[str, Any]:
+        """Rows ``lo .. hi - 1`` as the page receives them (see the module docstring)."""
+        rows = self.read(lo, hi)
+        voices = int(rows.voice_counts.max()) if len(rows.steps) else self.parts[-1].voices
+        marks = self.marks(rows)[:, :voices]
+        bits = (np.where(rows.missing[:, :voices], MISSING_BIT, 0)
+                | np.where(marks & 1, SPIKE_BIT, 0) | np.where(marks & 2, COLLAPSE_BIT, 0))
+        return {"first": rows.first, "n": len(rows.steps), "voices": voices,
+                "steps": b64(rows.steps.astype("<f8")),
+                "norms": b64(rows.norms[:, :voices].astype("<f4")),
+                "bits": b64(bits.astype(np.uint8)),
+                "skipped": b64(rows.skipped.astype(np.uint8))}
+
+
+def b64(a: np.ndarray) -> str:
+    return base64.b64encode(np.ascontiguousarray(a).tobytes()).decode("ascii")
