@@ -1,5 +1,5 @@
 """Rebuild docs/assets: the seed presets and a 75-layer model as short OGG clips with their plots,
-and the mapping picture.
+the mapping picture, and a screenshot of the ``gradsonic serve`` page (real headless Chromium).
 
     python scripts/make_docs_assets.py        # uses the embedded MNIST subset; ~1 minute
 
@@ -80,6 +80,25 @@ def large_model(tmp: Path) -> None:
             plot_recording(read_recording(run / "run.gsr"), ASSETS / f"{name}.png", dpi=60)
 
 
+def serve_screenshot(recordings: Path) -> None:
+    """The serve page on a folder of runs, one of them open, as a person sees it."""
+    from gradsonic.server import Server
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+    from fixtures.browser import CHROMIUM
+    from playwright.sync_api import sync_playwright
+
+    with Server(recordings, port=0) as srv, sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1100, "height": 640})
+        page.goto(srv.url + "?run=large-sequence/run.gsr")
+        page.wait_for_function("window.gradsonic && gradsonic.store.next === 80")
+        page.evaluate("gradsonic.seek(40)")
+        page.wait_for_timeout(300)
+        page.screenshot(path=str(ASSETS / "serve.png"))
+        browser.close()
+
+
 def main() -> None:
     ASSETS.mkdir(parents=True, exist_ok=True)
     mapping_picture()
@@ -91,6 +110,7 @@ def main() -> None:
                  "--mapping", "log", "-q"])
             plot_recording(read_recording(run), ASSETS / f"{name}.png", dpi=60, mapping="log")
         large_model(Path(tmp))
+        serve_screenshot(Path(tmp))
 
 
 if __name__ == "__main__":

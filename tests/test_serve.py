@@ -517,3 +517,26 @@ def test_page_plays_history_and_live(runs, browser):
         page.locator(".voice button").first.click()  # mute the first voice
         page.get_by_test_id("play").click()  # pause
         assert page.evaluate("gradsonic.player.playing") is False
+
+
+def test_page_fetches_rows_it_missed_from_history(runs, browser):
+    """A batch that arrives after a gap (the server dropped batches for a slow link) makes the
+    page fetch the missing rows from /api/rows before going on: no hole in what it holds."""
+    with Server(runs, port=0) as srv, page_of(browser) as page:
+        page.goto(srv.url + "?run=job-a/run.gsr")
+        page.wait_for_function("window.gradsonic && gradsonic.store.next === 40")
+        page.evaluate("""async () => {
+            gradsonic.store.batches = gradsonic.store.batches.map(b => b.first < 10 ? b : null)
+                .filter(Boolean);
+            const first = gradsonic.store.batches[0];
+            gradsonic.store.batches = [{...first, n: 10, steps: first.steps.subarray(0, 10),
+                norms: first.norms.subarray(0, 20), bits: first.bits.subarray(0, 20),
+                skipped: first.skipped.subarray(0, 10)}];
+            gradsonic.store.next = 10;
+            const r = await fetch('api/rows?run=job-a/run.gsr&from=30&to=40');
+            const late = (await r.json()).batches[0];
+            gradsonic.receive(decodeBatch(late));
+        }""")
+        page.wait_for_function("gradsonic.store.next === 40")
+        steps = page.evaluate("gradsonic.store.batches.flatMap(b => Array.from(b.steps))")
+        assert steps == list(range(40))

@@ -54,6 +54,7 @@ POLL_SECONDS = 0.05  # how often followed recordings are looked at
 STALL_SECONDS = 10.0  # a client that takes no bytes for this long is disconnected
 KEEPALIVE_SECONDS = 10.0
 STATE_SECONDS = 1.0  # how often a stream tells whether the run is still being written
+RUNS_SECONDS = 1.0  # how long the list of runs under the root is reused
 QUEUE_BATCHES = 64  # live batches a client may have waiting before the oldest are dropped
 STATIC = {"index.html": "text/html; charset=utf-8", "app.js": "text/javascript; charset=utf-8",
           "synth.js": "text/javascript; charset=utf-8", "style.css": "text/css; charset=utf-8"}
@@ -153,6 +154,7 @@ class Server:
         self._followed_lock = threading.Lock()
         self._closing = threading.Event()
         self._headers: dict[Path, tuple[int, int]] = {}  # path -> (inode, part number)
+        self._runs: tuple[float, dict[str, Path]] | None = None
         family = socket.AF_INET6 if ":" in host.strip("[]") else socket.AF_INET
 
         class _HTTPServer(http.server.ThreadingHTTPServer):
@@ -228,7 +230,14 @@ class Server:
 
     def runs(self) -> dict[str, Path]:
         """Every recording under the root, by id (its path relative to the root, with ``/``);
-        later parts of a run (``run-002.gsr``) belong to their first part and are not listed."""
+        later parts of a run (``run-002.gsr``) belong to their first part and are not listed.
+        Looked up again at most every ``RUNS_SECONDS``."""
+        now = time.monotonic()
+        if self._runs is None or now - self._runs[0] > RUNS_SECONDS:
+            self._runs = (now, self._find_runs())
+        return self._runs[1]
+
+    def _find_runs(self) -> dict[str, Path]:
         if not self.root.is_dir():
             return {self.root.name: self.root}
         found: dict[str, Path] = {}
@@ -333,6 +342,12 @@ class Server:
         followed = self.followed(run_id, path)
         client = _Client()
         with followed.lock:
+            if not followed.clients:  # nobody followed it: no poll has looked at it lately
+                try:
+                    followed.known = followed.tail.refresh()
+                except TailReset:
+                    followed.tail = Tail(path)
+                    followed.known = followed.tail.rows
             followed.clients.add(client)
             live_from = followed.known
             tail = followed.tail

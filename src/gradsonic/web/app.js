@@ -135,7 +135,7 @@ class RunView {
     this.solo = -1;
     this.player = { ctx: null, playing: false, live: true, cursor: 0, end: 0, dropped: 0,
                     chunks: [], sources: [] };
-    this.arrivals = [];    // [row, Date.now()] of each batch's last row (latency checks)
+    this.arrivals = [];    // [first row, last row, Date.now()] of each batch (latency checks)
     this.dirty = true;
   }
 
@@ -231,7 +231,7 @@ class RunView {
       }
       this.pending.shift();
       this.store.add(b);
-      this.arrivals.push([b.first + b.n - 1, Date.now()]);
+      this.arrivals.push([b.first, b.first + b.n - 1, Date.now()]);
       if (this.arrivals.length > 10000) this.arrivals.splice(0, 5000);
       $("latest-step").textContent = String(b.steps[b.n - 1]);
       this.dirty = true;
@@ -403,7 +403,8 @@ class RunView {
     const colW = W / cols;
     const rowH = strip.height / Math.max(V, 1);
     const freqs = new Float64Array(V), kinds = new Int8Array(V);
-    const [bandLo, bandHi] = this.mapping.band;
+    const strip_ = [];
+    let fLo = Infinity, fHi = -Infinity;
     const prev = new Array(V).fill(null);
     for (let c = 0; c < cols; c++) {
       const r0 = Math.floor(c * N / cols), r1 = Math.max(r0 + 1, Math.floor((c + 1) * N / cols));
@@ -440,14 +441,19 @@ class RunView {
       const [b, j] = last;  // the pitch strip: the column's last step, as heard
       G.planStep(this.mapping, b.norms.subarray(j * b.V, (j + 1) * b.V), b.bits.subarray(j * b.V, (j + 1) * b.V),
         b.skipped[j], freqs, kinds);
+      strip_.push([x0, b.V, Float64Array.from(freqs), Int8Array.from(kinds)]);
       for (let v = 0; v < b.V; v++) {
+        if (kinds[v] === G.TONE) { fLo = Math.min(fLo, freqs[v]); fHi = Math.max(fHi, freqs[v]); }
+      }
+    }
+    // colour = pitch, blue (the lowest heard) to red (the highest); white = over range
+    const lf = Math.log(fLo), span_ = Math.max(Math.log(fHi) - lf, Math.log(2));
+    for (const [x0, nv, fr, kd] of strip_) {
+      for (let v = 0; v < nv; v++) {
         let color = "#222";
-        if (kinds[v] === G.ALARM) color = "#ff2828";
-        else if (kinds[v] === G.OVER) color = "#ffffff";
-        else if (kinds[v] === G.TONE) {
-          const t = Math.log(freqs[v] / bandLo) / Math.log(bandHi / bandLo);
-          color = `hsl(${Math.round(240 - 240 * t)},85%,55%)`;
-        }
+        if (kd[v] === G.ALARM) color = "#ff2828";
+        else if (kd[v] === G.OVER) color = "#ffffff";
+        else if (kd[v] === G.TONE) color = `hsl(${Math.round(240 - 240 * (Math.log(fr[v]) - lf) / span_)},85%,55%)`;
         sctx.fillStyle = color;
         sctx.fillRect(x0, v * rowH, Math.max(colW, 1), Math.max(rowH - 1, 1));
       }
