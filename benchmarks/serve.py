@@ -82,7 +82,7 @@ def overhead(smoke: bool) -> None:
 
     from gradsonic import GradientSonifier
 
-    rounds, block = (2, 5) if smoke else (40, 40)
+    rounds, block = (2, 5) if smoke else (60, 40)
     names = ("bare", "wav+record", "serve, 0 clients", "serve, 1 client", "serve, 10 clients")
     batches, models, opts = seed_cnn_copies(names, 10, block)
     tmp = Path(tempfile.mkdtemp())
@@ -110,6 +110,8 @@ def overhead(smoke: bool) -> None:
     print(environment())
     print(f"{rounds} rounds x {block} steps, order rotating each round\n")
     print(table(results, "bare", block))
+    print("\nthe same rounds against wav+record (what serving adds to a sonifier):\n")
+    print(table({k: v for k, v in results.items() if k != "bare"}, "wav+record", block))
 
 
 def _cpu_seconds(pid: int) -> float:

@@ -148,7 +148,8 @@ def test_benchmark_suite_smoke_run():
     proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "run_all.py"), "--smoke"],
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
-    for heading in ("| gradsonic, 64 steps per render |", "| gradsonic |", "| WAV sink"):
+    for heading in ("| gradsonic, 64 steps per render |", "| gradsonic |", "| WAV sink",
+                    "| serve, 10 clients |", "step-to-page latency"):
         assert heading in proc.stdout
 
 

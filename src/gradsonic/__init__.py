@@ -8,7 +8,7 @@
 from ._version import __version__
 from .errors import ConfigError, ConfigTypeError, GradsonicError, GradsonicWarning, SinkError
 from .mapping import LogMapping, Mapping, MappingName, SeedMapping
-from .sinks import MemorySink, Sink, WavFormat, WavSink
+from .sinks import MemorySink, MLflowSink, Sink, TensorBoardSink, WandbSink, WavFormat, WavSink
 from .sonifier import ClosedError, GradientSonifier, Stats
 from .synth import Synth
 from .tap import StepRecord
@@ -23,13 +23,16 @@ __all__ = [
     "LogMapping",
     "Mapping",
     "MappingName",
+    "MLflowSink",
     "MemorySink",
     "SeedMapping",
     "Sink",
     "SinkError",
+    "TensorBoardSink",
     "Stats",
     "StepRecord",
     "Synth",
+    "WandbSink",
     "WavFormat",
     "WavSink",
     "__version__",

@@ -1,4 +1,5 @@
-"""The ``gradsonic`` command line: ``demo``, ``info``, ``render``, ``plot``, ``play`` and ``serve``."""
+"""The ``gradsonic`` command line: ``demo``, ``info``, ``render``, ``plot``, ``play``, ``serve`` and
+``export``."""
 
 from __future__ import annotations
 
@@ -168,6 +169,66 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    import contextlib
+
+    from .recording import read_recording
+    from .render import replay, synth_for
+
+    if not (args.tensorboard or args.wandb or args.mlflow):
+        raise GradsonicError("export: name at least one destination: --tensorboard DIR, "
+                             "--wandb PROJECT or --mlflow TRACKING_URI")
+    rec = read_recording(args.run)
+    synth, _ = synth_for(rec)
+    every = int(rec.settings.get("every") or 1)
+    heard = int((rec.steps % every == 0).sum())
+    if args.clip_steps is None:  # back to back, or 100 clips spread over a long run
+        window = max(1, int(args.clip_seconds * synth.sample_rate)
+                     // synth.step_samples(len(rec.layer_names)))
+        args.clip_steps = max(window, -(-heard // 100))
+    opts = dict(clip_seconds=args.clip_seconds, clip_steps=args.clip_steps)
+    name = rec.path.parent.name if rec.path.name == "run.gsr" else rec.path.stem
+    sinks: list[Any] = []
+    written = []
+    with contextlib.ExitStack() as stack:
+        if args.tensorboard:
+            from .sinks.tensorboard import TensorBoardSink
+
+            sinks.append(TensorBoardSink(args.tensorboard, **opts))
+            written.append(f"TensorBoard events in {args.tensorboard}")
+        if args.wandb:
+            import wandb
+
+            from .sinks.wandb import WandbSink
+
+            run = wandb.init(project=args.wandb, name=name, config={"gradsonic": rec.settings})
+            stack.callback(run.finish)
+            sinks.append(WandbSink(run, **opts))
+            written.append(f"W&B run {run.name!r} ({run.dir})")
+        if args.mlflow:
+            import mlflow
+
+            from .sinks.mlflow import MLflowSink
+
+            mlflow.set_tracking_uri(args.mlflow)
+            run = stack.enter_context(mlflow.start_run(run_name=name))
+            sinks.append(MLflowSink(run.info.run_id, **opts))
+            written.append(f"MLflow run {run.info.run_id} at {args.mlflow}")
+        for sink in sinks:
+            stack.callback(sink.close)
+            sink.channels = synth.channels
+            sink.open(synth.sample_rate)
+        update, close = _progress(len(rec.steps), "export", args.quiet)
+        try:
+            replay(rec, sinks, progress=update)
+        finally:
+            close()
+    print(f"exported {len(rec.steps)} steps ({sinks[0].clips} clips of up to "
+          f"{args.clip_seconds:g} s, one every {args.clip_steps} sounded steps): "
+          + "; ".join(written))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gradsonic", description="Hear your model train.")
     parser.add_argument("--version", action="version", version=f"gradsonic {__version__}")
@@ -244,6 +305,24 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--token", help="require this token (?token=...) even on 127.0.0.1; "
                      "'auto' generates one (off-loopback one is always generated)")
     srv.set_defaults(func=_cmd_serve)
+
+    exp = sub.add_parser("export", help="a recording's norms and sound into TensorBoard, W&B or "
+                         "MLflow", description="Log a finished recording to the trackers as the "
+                         "live logger sinks would have: per-voice norm scalars, alarm and accent "
+                         "counts, and clips of the sound.")
+    exp.add_argument("run", help="a recording made with GradientSonifier(record=...)")
+    exp.add_argument("--tensorboard", metavar="DIR", help="write TensorBoard event files here")
+    exp.add_argument("--wandb", metavar="PROJECT", help="log a new W&B run in this project "
+                     "(offline with WANDB_MODE=offline; then `wandb sync`)")
+    exp.add_argument("--mlflow", metavar="TRACKING_URI",
+                     help="log a new MLflow run there (e.g. sqlite:///mlflow.db)")
+    exp.add_argument("--clip-seconds", type=float, default=10.0,
+                     help="length of each sound clip (10)")
+    exp.add_argument("--clip-steps", type=int, help="a clip every N sounded steps, of the last "
+                     "--clip-seconds of them (default: clips back to back, the whole run; or "
+                     "100 spread over a long run)")
+    exp.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    exp.set_defaults(func=_cmd_export)
     return parser
 
 

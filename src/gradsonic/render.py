@@ -12,6 +12,7 @@ from .errors import ConfigError
 from .accents import AccentDetector, resolve_accents
 from .mapping import mapping_from_settings, plan_tones, resolve_mapping
 from .recording import Recording
+from .sinks.base import Sink, StepBlock
 from .synth import Synth
 
 CHUNK_STEPS = 512
@@ -90,26 +91,64 @@ def frames(recording: Recording, layers: list[str] | None = None, steps: slice |
 def chunks(recording: Recording, layers: list[str] | None = None, steps: slice | None = None,
            every: int | None = None, **overrides: Any) -> Iterator[tuple[int, np.ndarray]]:
     """``(recorded steps covered, frames)`` per chunk: :func:`frames` with progress."""
+    for block, _, chunk in blocks(recording, layers, steps, every, **overrides):
+        yield block.count, chunk
+
+
+def blocks(recording: Recording, layers: list[str] | None = None, steps: slice | None = None,
+           every: int | None = None, **overrides: Any
+           ) -> Iterator[tuple[StepBlock, StepBlock | None, np.ndarray]]:
+    """The run as the live worker saw it, ``CHUNK_STEPS`` steps at a time: ``(every step's
+    block, the sounded steps' block or None, their frames)`` - what sinks are fed."""
     norms, missing, skipped, _ = select(recording, layers, steps)
     rows = steps if steps is not None else slice(None)
     cols = np.asarray(_columns(recording, layers))
+    names = [recording.layer_names[c] for c in cols]
     marks = accent_marks(recording)[rows][:, cols]
     assert recording.voice_counts is not None
     counts = recording.voice_counts[rows]
+    numbers = recording.steps[rows]
     every = every or int(recording.settings.get("every") or 1)
-    sounded = recording.steps[rows] % every == 0
+    sounded = numbers % every == 0
     synth, mapping = synth_for(recording, **overrides)
     for start, stop in _runs(counts):  # voices added mid-run: each stretch with its own voices
         keep = cols < counts[start]
+        voices = tuple(n for n, k in zip(names, keep) if k)
+        step_frames = synth.step_samples(len(voices))
         for lo in range(start, stop, CHUNK_STEPS):
             hi = min(lo + CHUNK_STEPS, stop)
+            n = hi - lo
+            every_step = StepBlock(int(numbers[lo]), n, step_frames, synth.tone_samples,
+                                   np.zeros(n), norms[lo:hi][:, keep], missing[lo:hi][:, keep],
+                                   skipped[lo:hi], None, voices, marks[lo:hi][:, keep],
+                                   numbers[lo:hi])
             idx = np.arange(lo, hi)[sounded[lo:hi]]
             if not len(idx):
-                yield hi - lo, np.zeros(0, dtype=np.float32)
+                yield every_step, None, np.zeros(0, dtype=np.float32)
                 continue
             freqs, kinds = plan_tones(mapping, norms[idx][:, keep], missing[idx][:, keep],
                                       skipped[idx])
-            yield hi - lo, synth.render(freqs, kinds, marks[idx][:, keep])
+            heard = StepBlock(int(numbers[idx[0]]), len(idx), step_frames, synth.tone_samples,
+                              np.zeros(len(idx)), norms[idx][:, keep], missing[idx][:, keep],
+                              skipped[idx], None, voices, marks[idx][:, keep], numbers[idx])
+            yield every_step, heard, synth.render(freqs, kinds, marks[idx][:, keep])
+
+
+def replay(recording: Recording, sinks: list[Sink],
+           progress: Callable[[int], Any] | None = None) -> None:
+    """Feed a finished run to sinks as the live worker fed them (``gradsonic export``); the
+    sinks must be opened with the run's sample rate first. The clock is the step: a sink
+    timing anything by wall time sees every step at once."""
+    for every_step, heard, chunk in blocks(recording):
+        for sink in sinks:
+            if not sink.needs_frames:
+                sink.write_steps(None, every_step)
+            if sink.wants_norms:
+                sink.write_norms(every_step)
+            if sink.needs_frames and heard is not None:
+                sink.write_steps(chunk, heard)
+        if progress is not None:
+            progress(every_step.count)
 
 
 def render_to_file(recording: Recording, out: str | os.PathLike[str], fmt: str = "wav",

@@ -152,6 +152,11 @@ class _Worker(threading.Thread):
                           norms, missing, skipped, _scalars(pending), pending[0].layer_names,
                           marks)
         self._write([s for s in self.sinks if not s.needs_frames], None, block)  # recordings
+        for sink in [s for s in self.sinks if s.wants_norms]:  # loggers' scalars
+            try:
+                sink.write_norms(block)
+            except BaseException as e:
+                self._drop(sink, e)
         if not self.audio_ok:
             return
         if self.every > 1:  # sound every Nth step (the recording above has them all)
@@ -162,7 +167,8 @@ class _Worker(threading.Thread):
             norms, missing, skipped, marks = norms[idx], missing[idx], skipped[idx], marks[idx]
             block = StepBlock(pending[idx[0]].step, len(idx), block.step_frames,
                               block.tone_frames, block.times[idx], norms, missing, skipped,
-                              None, block.layer_names, marks)
+                              None, block.layer_names, marks,
+                              np.fromiter((p.step for p in pending), np.int64, len(pending))[idx])
             pending = [pending[i] for i in idx]
         try:
             freqs, kinds = plan_tones(self.mapping, norms, missing, skipped)

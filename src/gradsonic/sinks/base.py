@@ -34,6 +34,15 @@ class StepBlock:
     scalars: list[dict[str, float]] | None = None  # son.log() values, one dict per step
     layer_names: tuple[str, ...] = ()  # the voices, in tone order (voices may be added later)
     accents: np.ndarray | None = None  # [count, layers] accent bits (gradsonic.accents)
+    #: the step numbers, when they are not ``first_step + arange(count)`` (every=N sounds
+    #: steps 0, N, 2N, ...)
+    steps: np.ndarray | None = None
+
+    @property
+    def step_numbers(self) -> np.ndarray:
+        if self.steps is not None:
+            return self.steps
+        return self.first_step + np.arange(self.count, dtype=np.int64)
 
 
 class Sink:
@@ -58,6 +67,12 @@ class Sink:
     #: False for sinks that store norms rather than audio (they get ``frames=None``, and keep
     #: working if synthesis fails).
     needs_frames: bool = True
+    #: True for sinks that want every step's norms (:meth:`write_norms`) besides the frames of
+    #: the sounded steps (loggers: scalars of every step, sound clips).
+    wants_norms: bool = False
+
+    def write_norms(self, block: StepBlock) -> None:
+        """Every step's norms (``frames`` or not), before any synthesis; see :attr:`wants_norms`."""
 
     def write(self, frames: np.ndarray) -> None:
         raise NotImplementedError
