@@ -149,7 +149,8 @@ def test_benchmark_suite_smoke_run():
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
     for heading in ("| gradsonic, 64 steps per render |", "| gradsonic |", "| WAV sink",
-                    "| serve, 10 clients |", "step-to-page latency"):
+                    "| serve, 10 clients |", "step-to-page latency", "| wav+mlflow |",
+                    "TensorBoard event file size"):
         assert heading in proc.stdout
 
 
