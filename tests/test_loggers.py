@@ -462,3 +462,22 @@ def test_tensorboard_audio_dashboard_in_chromium(tmp_path):
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_lightning_wandb_and_mlflow_loggers_map_to_their_runs(tmp_path, wandb_offline,
+                                                               mlflow_local):
+    from lightning.pytorch.loggers import MLFlowLogger, WandbLogger
+
+    from gradsonic.lightning import logger_sinks
+
+    wb = WandbLogger(project="gradsonic-test", save_dir=str(tmp_path))
+    ml = MLFlowLogger(experiment_name="gradsonic-test",
+                      tracking_uri=mlflow_local.get_tracking_uri())
+    sinks = logger_sinks([wb, ml])
+    assert [type(s).__name__ for s in sinks] == ["WandbSink", "MLflowSink"]
+    assert sinks[0]._given is wb.experiment
+    assert sinks[1].run_id == ml.run_id and sinks[1].client is ml.experiment
+    rec = train(sinks, steps=30)
+    wb.experiment.finish()
+    series, _ = mlflow_read(mlflow_local, ml.run_id, rec)
+    assert sorted(series["gradsonic/norm/fc1"]) == list(range(30))

@@ -349,6 +349,8 @@ def test_sonifier_serve_in_process(tmp_path):
     train_steps(model, opt, 15)
     son.close()  # the page gets the last rows before the server stops
     assert client.wait_rows(35) == 35 and client.rows == list(range(35))
+    client.thread.join(10)
+    assert client.events[-1] == "bye"  # told the server stopped, after the last rows
     with pytest.raises(OSError):
         get(port, "/api/runs")
     client.close()
@@ -504,19 +506,47 @@ def test_page_needs_the_token_off_loopback(runs, browser):
         assert "token=" in page.url
 
 
-def test_page_plays_history_and_live(runs, browser):
-    """Play/pause, jumping to accents, muting and the live policies run without errors and move
-    the cursor (the sound itself is checked sample by sample above)."""
-    with Server(runs, port=0) as srv, page_of(browser) as page:
-        page.goto(srv.url + "?run=job-a/run.gsr")
-        page.wait_for_function("window.gradsonic && gradsonic.store.next === 40")
+def test_page_plays_jumps_and_mutes(tmp_path, browser):
+    """Next alarm/accent jump to the start of the next stretch and play from there; play/pause
+    and muting run without errors (the sound itself is checked sample by sample above)."""
+    rec = _recording(tmp_path / "run.gsr", "sequence", LogMapping())
+    alarm_rows = np.flatnonzero(rec.nonfinite.any(axis=1) | rec.skipped).tolist()
+    assert alarm_rows[:2] == [25, 33]
+    with Server(tmp_path / "run.gsr", port=0) as srv, page_of(browser) as page:
+        page.goto(srv.url + "?run=run.gsr")
+        page.wait_for_function("window.gradsonic && gradsonic.store.next === 50")
         page.click("#next-alarm")
+        assert page.evaluate("[gradsonic.player.shown, gradsonic.player.playing]") == [25, True]
+        page.click("#next-alarm")
+        assert page.evaluate("gradsonic.player.shown") == 33
         page.click("#next-accent")
-        page.get_by_test_id("play").click()
-        page.wait_for_function("gradsonic.player.cursor > 5")
+        row = page.evaluate("gradsonic.player.shown")
+        assert rec.accents[row].any() and (row > 33 or row < 25)
+        page.wait_for_function(f"gradsonic.playingRow() > {row}")  # it plays on from there
         page.locator(".voice button").first.click()  # mute the first voice
         page.get_by_test_id("play").click()  # pause
         assert page.evaluate("gradsonic.player.playing") is False
+        page.mouse.move(300, 400)
+        page.hover("#strip")
+        assert "step" in page.text_content("#hover")
+
+
+def test_serve_before_the_folder_exists_and_unreadable_runs(tmp_path):
+    root = tmp_path / "gradsonic-runs"
+    with Server(root, port=0) as srv:
+        assert json.loads(get(srv.port, "/api/runs")[1])["runs"] == []
+        (root / "job").mkdir(parents=True)
+        w = Writer(root / "job" / "run.gsr", ["a"])
+        w.write(noisy(3, 1))
+        (root / "bad").mkdir()
+        (root / "bad" / "run.gsr").write_bytes(b"garbage")
+        os.utime(root / "bad" / "run.gsr", (time.time() - 60, time.time() - 60))
+        time.sleep(1.1)  # the list of runs is looked up again after a second
+        listed = json.loads(get(srv.port, "/api/runs")[1])
+        assert [r["id"] for r in listed["runs"]] == ["job/run.gsr"]
+        assert listed["problems"][0]["id"] == "bad/run.gsr"
+        assert "not a gradsonic recording" in listed["problems"][0]["error"]
+        w.close()
 
 
 def test_page_fetches_rows_it_missed_from_history(runs, browser):

@@ -52,8 +52,7 @@ from .recording import RecordingError, read_header
 DEFAULT_PORT = 6070
 POLL_SECONDS = 0.05  # how often followed recordings are looked at
 STALL_SECONDS = 10.0  # a client that takes no bytes for this long is disconnected
-KEEPALIVE_SECONDS = 10.0
-STATE_SECONDS = 1.0  # how often a stream tells whether the run is still being written
+STATE_SECONDS = 1.0  # how often a stream tells whether the run is being written (keep-alive)
 RUNS_SECONDS = 1.0  # how long the list of runs under the root is reused
 QUEUE_BATCHES = 64  # live batches a client may have waiting before the oldest are dropped
 STATIC = {"index.html": "text/html; charset=utf-8", "app.js": "text/javascript; charset=utf-8",
@@ -134,9 +133,9 @@ class Server:
     def __init__(self, path: str | os.PathLike[str], host: str = "127.0.0.1",
                  port: int = DEFAULT_PORT, token: str | None = None, check: bool = True) -> None:
         self.root = Path(path).absolute()
-        if check and not self.root.exists():
+        if check and not self.root.exists() and self.root.suffix == ".gsr":
             raise ConfigError(f"serve: {str(path)!r} does not exist; give a recording (.gsr) or "
-                              "a folder of runs (e.g. gradsonic-runs/)")
+                              "a folder of runs (e.g. gradsonic-runs/, which may not exist yet)")
         if check and self.root.is_file():
             read_header(self.root)  # a clear error now if it is not a recording
         if not isinstance(host, str) or not host:
@@ -155,6 +154,8 @@ class Server:
         self._closing = threading.Event()
         self._headers: dict[Path, tuple[int, int]] = {}  # path -> (inode, part number)
         self._runs: tuple[float, dict[str, Path]] | None = None
+        #: recordings under the root that cannot be read, by id -> why
+        self.problems: dict[str, str] = {}
         family = socket.AF_INET6 if ":" in host.strip("[]") else socket.AF_INET
 
         class _HTTPServer(http.server.ThreadingHTTPServer):
@@ -238,8 +239,10 @@ class Server:
         return self._runs[1]
 
     def _find_runs(self) -> dict[str, Path]:
-        if not self.root.is_dir():
+        if self.root.is_file() or self.root.suffix == ".gsr":
             return {self.root.name: self.root}
+        if not self.root.is_dir():
+            return {}  # not there yet: runs appear when the first job starts
         found: dict[str, Path] = {}
         real_root = os.path.realpath(self.root)
         for folder, dirs, files in os.walk(self.root, followlinks=False):
@@ -251,11 +254,16 @@ class Server:
                 real = os.path.realpath(p)
                 if os.path.commonpath([real, real_root]) != real_root:
                     continue  # a symlink leading outside the root
-                if self._part_number(p) == 1:
-                    found[p.relative_to(self.root).as_posix()] = p
+                run_id = p.relative_to(self.root).as_posix()
+                part = self._part_number(p, run_id)
+                if part == 1:
+                    found[run_id] = p
         return found
 
-    def _part_number(self, p: Path) -> int:
+    def _part_number(self, p: Path, run_id: str) -> int:
+        """The part number in the file's header; 0 if it is not (yet) a readable recording, which
+        is then listed among the problems (a file just created by a starting job has no whole
+        header yet: that is not a problem)."""
         try:
             inode = p.stat().st_ino
             cached = self._headers.get(p)
@@ -263,9 +271,18 @@ class Server:
                 header, _ = read_header(p)
                 part = header.get("part", 1)
                 self._headers[p] = cached = (inode, part if isinstance(part, int) else 1)
+            self.problems.pop(run_id, None)
             return cached[1]
-        except (RecordingError, OSError):
-            return 0  # not (yet) a readable recording
+        except (RecordingError, OSError) as e:
+            try:
+                young = time.time() - p.stat().st_mtime < 5.0
+            except OSError:
+                young = True
+            if not young and run_id not in self.problems:
+                print(f"gradsonic serve: skipping {run_id}: {e}", file=sys.stderr, flush=True)
+            if not young:
+                self.problems[run_id] = str(e)
+            return 0
 
     def run_path(self, run_id: str) -> Path | None:
         return self.runs().get(run_id)
@@ -372,14 +389,13 @@ class Server:
                 cursor = batch["first"] + batch["n"]
             out.flush()
             last_state = time.monotonic()
-            while not self._closing.is_set():
-                client.wake.wait(KEEPALIVE_SECONDS)
+            while True:
+                client.wake.wait(STATE_SECONDS)
                 client.wake.clear()
                 if client.reset:
                     out.write(_event("reset", {}))
                     out.flush()
                     return
-                sent = False
                 while client.queue:
                     first, n, batch_voices, payload = client.queue.popleft()
                     if first + n <= cursor:
@@ -390,11 +406,13 @@ class Server:
                         out.write(_event("voices", {"layer_names": names}))
                     out.write(payload)
                     cursor = first + n
-                    sent = True
+                if self._closing.is_set():  # everything queued is sent: say goodbye
+                    out.write(_event("bye", {}))
+                    out.flush()
+                    return
                 now = time.monotonic()
-                if now - last_state >= STATE_SECONDS or not sent:
-                    writing = writer_pid(path) is not None
-                    out.write(_event("state", {"writing": writing,
+                if now - last_state >= STATE_SECONDS:  # also the keep-alive
+                    out.write(_event("state", {"writing": writer_pid(path) is not None,
                                                "dropped": client.dropped_rows}))
                     last_state = now
                 out.flush()
@@ -518,7 +536,9 @@ def _handler(server: Server) -> type[http.server.BaseHTTPRequestHandler]:
                     except (RecordingError, OSError, TailReset):
                         continue  # not readable (yet): not listed
                 out.sort(key=lambda r: -r["modified"])
-                self._json({"root": str(server.root), "runs": out})
+                self._json({"root": str(server.root), "runs": out,
+                            "problems": [{"id": k, "error": v}
+                                         for k, v in sorted(server.problems.items())]})
                 return
             if path in ("/api/run", "/api/rows", "/api/stream"):
                 run_id = query.get("run", [""])[-1]
@@ -590,7 +610,10 @@ def serve(path: str | os.PathLike[str], host: str = "127.0.0.1", port: int = DEF
         print(f"  from another machine: ssh -L {server.port}:localhost:{server.port} "
               f"{socket.gethostname()}, then open {server.url.replace(server.host, 'localhost')}",
               file=sys.stderr)
-    server.serve_forever()
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        print("gradsonic serve: stopped", file=sys.stderr)
 
 
 __all__ = ["Server", "serve", "DEFAULT_PORT", "GradsonicError"]

@@ -28,7 +28,13 @@ async function showRuns() {
       data = await r.json();
       if (!r.ok) throw new Error(data.error || r.statusText);
     } catch (e) { $("runs-status").textContent = `server unreachable (${e.message}); retrying`; return; }
-    $("runs-status").textContent = `${data.runs.length} run(s) under ${data.root}`;
+    $("runs-status").textContent = data.runs.length ? `${data.runs.length} run(s) under ${data.root}`
+      : `no runs under ${data.root} yet: they appear here when a job starts writing one`;
+    $("problems").replaceChildren(...data.problems.map((p) => {
+      const li = document.createElement("li");
+      li.textContent = `${p.id}: cannot be read (${p.error})`;
+      return li;
+    }));
     list.replaceChildren(...data.runs.map((run) => {
       const li = document.createElement("li");
       const a = document.createElement("a");
@@ -142,7 +148,11 @@ class RunView {
   async start() {
     const r = await fetch(api("run", { run: this.runId }));
     const meta = await r.json();
-    if (!r.ok) { $("status").textContent = meta.error; return; }
+    if (!r.ok) {
+      $("controls").hidden = true;
+      $("status").textContent = `${meta.error} - back to the list of runs: ${location.origin}/`;
+      return;
+    }
     this.meta = meta;
     this.synth = new G.Synth(meta.synth);
     this.mapping = G.makeMapping(meta.mapping);
@@ -173,8 +183,14 @@ class RunView {
       this.showStatus();
     });
     es.addEventListener("reset", () => { es.close(); location.reload(); });
-    es.onerror = () => { $("connection").textContent = "reconnecting..."; };
-    es.onopen = () => { $("connection").textContent = "connected"; };
+    es.addEventListener("bye", () => {  // (the browser keeps reconnecting, quietly)
+      this.bye = true;
+      this.writing = false;
+      $("connection").textContent = "server stopped: everything received is here and still plays";
+      this.showStatus();
+    });
+    es.onerror = () => { if (!this.bye) $("connection").textContent = "reconnecting..."; };
+    es.onopen = () => { this.bye = false; $("connection").textContent = "connected"; };
   }
 
   setVoices(names) {
@@ -186,7 +202,7 @@ class RunView {
       div.className = "voice";
       const sw = document.createElement("span");
       sw.className = "swatch";
-      sw.style.background = voiceColor(v, names.length);
+      sw.style.background = voiceColor(v);
       const label = document.createElement("span");
       label.dataset.testid = "voice";
       label.textContent = name;
@@ -258,26 +274,41 @@ class RunView {
       $(id).onclick = (e) => {
         const rect = e.target.getBoundingClientRect();
         const row = Math.floor((e.clientX - rect.left) / rect.width * this.store.next);
-        this.seek(Math.max(0, Math.min(row, this.store.next - 1)));
+        this.seek(Math.max(0, Math.min(row, this.store.next - 1)), true);
       };
+      $(id).onmousemove = (e) => this.hover(e, id === "strip");
     }
     window.addEventListener("resize", () => { this.dirty = true; });
   }
 
+  // The start of the next stretch of steps matching `test` (a NaN run is one alarm, not one per
+  // step), among the sounded steps; from the start again after the last.
   jump(test) {
-    const from = this.player.live ? 0 : this.player.cursor + 1;
-    const row = this.store.nextMatch(from, test) ?? this.store.nextMatch(0, test);
+    const every = this.meta.synth.every, store = this.store;
+    const heard = (b, j) => b.steps[j] % every === 0 && test(b, j);
+    const at = this.player.live ? -1 : (this.player.shown ?? this.player.cursor);
+    let from = at + 1;
+    if (at >= 0 && at < store.next) {
+      const { b, j } = store.find(at);
+      if (test(b, j)) {  // inside a stretch: go past its end first
+        from = store.nextMatch(at + 1, (bb, jj) => !test(bb, jj));
+        if (from === null) from = store.next;
+      }
+    }
+    const row = store.nextMatch(from, heard) ?? store.nextMatch(0, heard);
     if (row === null) { $("status").textContent = "none found"; return; }
-    this.seek(row);
+    this.seek(row, true);
   }
 
-  seek(row) {
+  seek(row, play = false) {
     const p = this.player;
     p.live = false;
     p.cursor = row;
     p.shown = row;
     this.cancel();
+    if (play && !p.playing) this.togglePlay();  // like clicking a media player's timeline
     this.showStatus();
+    this.lastCursor = null;
     this.dirty = true;
   }
 
@@ -388,83 +419,133 @@ class RunView {
 
   // ---- drawing ----
 
-  draw() {
+  // Per pixel column: min/max log10 norm of each voice, alarm/accent flags, and the column's last
+  // step as heard (the pitch strip). One pass over the rows.
+  columns(W) {
     const store = this.store, N = store.next, V = store.names.length;
-    const plot = fit($("plot")), strip = fit($("strip"));
-    const ctx = plot.getContext("2d"), sctx = strip.getContext("2d");
-    const W = plot.width, H = plot.height, pad = 4;
-    ctx.fillStyle = "#111"; ctx.fillRect(0, 0, W, H);
-    sctx.fillStyle = "#111"; sctx.fillRect(0, 0, strip.width, strip.height);
-    if (!N) return;
-    const lo = Number.isFinite(store.lo) ? store.lo : -1, hi = Number.isFinite(store.hi) ? store.hi : 1;
-    const span = Math.max(hi - lo, 1e-6);
-    const y = (l) => pad + (H - 2 * pad) * (1 - (l - lo) / span);
-    const cols = Math.min(W, N);
-    const colW = W / cols;
-    const rowH = strip.height / Math.max(V, 1);
-    const freqs = new Float64Array(V), kinds = new Int8Array(V);
-    const strip_ = [];
-    let fLo = Infinity, fHi = -Infinity;
-    const prev = new Array(V).fill(null);
+    const cols = Math.min(W, N), out = [];
     for (let c = 0; c < cols; c++) {
       const r0 = Math.floor(c * N / cols), r1 = Math.max(r0 + 1, Math.floor((c + 1) * N / cols));
-      let alarm = false, accent = false;
-      const mn = new Float64Array(V).fill(Infinity), mx = new Float64Array(V).fill(-Infinity);
+      const col = { r0, r1, alarm: false, accent: false, mn: new Float64Array(V).fill(Infinity),
+                    mx: new Float64Array(V).fill(-Infinity) };
       let last = null;
       for (let i = r0; i < r1; i++) {
         const { b, j } = store.find(i);
         last = [b, j];
-        if (isAlarm(b, j)) alarm = true;
-        if (isAccent(b, j)) accent = true;
+        if (isAlarm(b, j)) col.alarm = true;
+        if (isAccent(b, j)) col.accent = true;
         for (let v = 0; v < b.V; v++) {
           const x = b.norms[j * b.V + v];
           if (x > 0 && Number.isFinite(x)) {
             const l = Math.log10(x);
-            if (l < mn[v]) mn[v] = l;
-            if (l > mx[v]) mx[v] = l;
+            if (l < col.mn[v]) col.mn[v] = l;
+            if (l > col.mx[v]) col.mx[v] = l;
           }
         }
       }
-      const x0 = c * colW;
-      if (alarm) { ctx.fillStyle = "rgba(255,40,40,0.45)"; ctx.fillRect(x0, 0, Math.max(colW, 1), H); }
+      const [b, j] = last;
+      col.V = b.V;
+      col.freqs = new Float64Array(b.V);
+      col.kinds = new Int8Array(b.V);
+      G.planStep(this.mapping, b.norms.subarray(j * b.V, (j + 1) * b.V),
+        b.bits.subarray(j * b.V, (j + 1) * b.V), b.skipped[j], col.freqs, col.kinds);
+      out.push(col);
+    }
+    return out;
+  }
+
+  draw() {
+    const store = this.store, N = store.next, V = store.names.length;
+    const plot = fit($("plot")), strip = fit($("strip"));
+    const ctx = plot.getContext("2d", { willReadFrequently: true });
+    const sctx = strip.getContext("2d", { willReadFrequently: true });
+    const W = plot.width, H = plot.height, pad = 6, dpr = window.devicePixelRatio || 1;
+    ctx.fillStyle = "#111"; ctx.fillRect(0, 0, W, H);
+    sctx.fillStyle = "#111"; sctx.fillRect(0, 0, strip.width, strip.height);
+    if (!N) return;
+    const cols = this.columns(W);
+    this.cols = cols;
+    // The y range: most columns' extremes (2nd..98th percentile), so one explosion to 1e29 does
+    // not flatten the rest of the run; what lies beyond is drawn at the edge.
+    const lows = [], highs = [];
+    for (const col of cols) for (let v = 0; v < V; v++) {
+      if (col.mn[v] !== Infinity) { lows.push(col.mn[v]); highs.push(col.mx[v]); }
+    }
+    lows.sort((a, b) => a - b); highs.sort((a, b) => a - b);
+    let lo = lows.length ? lows[Math.floor(0.02 * (lows.length - 1))] : -1;
+    let hi = highs.length ? highs[Math.ceil(0.98 * (highs.length - 1))] : 1;
+    if (hi - lo < 0.5) { lo -= 0.25; hi += 0.25; }
+    const margin = 0.05 * (hi - lo);
+    lo -= margin; hi += margin;
+    const y = (l) => pad + (H - 2 * pad) * (1 - (Math.min(Math.max(l, lo), hi) - lo) / (hi - lo));
+    ctx.font = `${Math.round(11 * dpr)}px sans-serif`;
+    for (let d = Math.ceil(lo); d <= Math.floor(hi); d++) {  // a line per decade
+      ctx.fillStyle = "#2a2a2a"; ctx.fillRect(0, Math.round(y(d)), W, 1);
+      ctx.fillStyle = "#777"; ctx.fillText(`1e${d}`, 4, y(d) - 2);
+    }
+    const colW = W / cols.length, rowH = strip.height / Math.max(V, 1);
+    const prev = new Array(V).fill(null);
+    const heard = [];
+    cols.forEach((col, c) => {
+      const x0 = c * colW, w = Math.max(colW, 1);
+      if (col.alarm) { ctx.fillStyle = "rgba(255,40,40,0.45)"; ctx.fillRect(x0, 0, w, H); }
       for (let v = 0; v < V; v++) {
-        if (mn[v] === Infinity) { prev[v] = null; continue; }
-        const y1 = y(mx[v]), y0 = y(mn[v]), mid = 0.5 * (y0 + y1);
-        ctx.strokeStyle = ctx.fillStyle = voiceColor(v, V);
-        ctx.fillRect(x0, y1 - 0.5, Math.max(colW, 1), Math.max(1, y0 - y1 + 1));
+        if (col.mn[v] === Infinity) { prev[v] = null; continue; }
+        const y1 = y(col.mx[v]), y0 = y(col.mn[v]), mid = 0.5 * (y0 + y1);
+        ctx.strokeStyle = ctx.fillStyle = voiceColor(v);
+        ctx.fillRect(x0, y1 - 0.5, w, Math.max(1, y0 - y1 + 1));
         if (prev[v] !== null) {  // joined to the previous column: a curve, not dots
           ctx.beginPath(); ctx.moveTo(prev[v][0], prev[v][1]); ctx.lineTo(x0 + colW / 2, mid); ctx.stroke();
         }
         prev[v] = [x0 + colW / 2, mid];
       }
-      if (accent) { ctx.fillStyle = "#ffd23f"; ctx.fillRect(x0, 0, Math.max(colW, 1), 4); }
-      const [b, j] = last;  // the pitch strip: the column's last step, as heard
-      G.planStep(this.mapping, b.norms.subarray(j * b.V, (j + 1) * b.V), b.bits.subarray(j * b.V, (j + 1) * b.V),
-        b.skipped[j], freqs, kinds);
-      strip_.push([x0, b.V, Float64Array.from(freqs), Int8Array.from(kinds)]);
-      for (let v = 0; v < b.V; v++) {
-        if (kinds[v] === G.TONE) { fLo = Math.min(fLo, freqs[v]); fHi = Math.max(fHi, freqs[v]); }
-      }
-    }
-    // colour = pitch, blue (the lowest heard) to red (the highest); white = over range
-    const lf = Math.log(fLo), span_ = Math.max(Math.log(fHi) - lf, Math.log(2));
-    for (const [x0, nv, fr, kd] of strip_) {
-      for (let v = 0; v < nv; v++) {
-        let color = "#222";
-        if (kd[v] === G.ALARM) color = "#ff2828";
-        else if (kd[v] === G.OVER) color = "#ffffff";
-        else if (kd[v] === G.TONE) color = `hsl(${Math.round(240 - 240 * (Math.log(fr[v]) - lf) / span_)},85%,55%)`;
+      if (col.accent) { ctx.fillStyle = "#ffd23f"; ctx.fillRect(x0, 0, w, 4 * dpr); }
+      for (let v = 0; v < col.V; v++) if (col.kinds[v] === G.TONE) heard.push(col.freqs[v]);
+    });
+    // the pitch strip: colour = pitch as heard, blue (the lowest heard) to red (the highest);
+    // white = above the mapping's band, slate = below it (a vanishing gradient), red = alarm
+    const [bandLo] = this.mapping.band;
+    heard.sort((a, b) => a - b);  // colours over most of what is heard (2nd..98th percentile)
+    const fLo = heard.length ? heard[Math.floor(0.02 * (heard.length - 1))] : bandLo;
+    const fHi = heard.length ? heard[Math.ceil(0.98 * (heard.length - 1))] : bandLo;
+    const lf = Math.log(fLo), span = Math.max(Math.log(fHi) - lf, Math.log(2) / 2);
+    const hue = (f) => Math.round(240 - 240 * Math.min(1, Math.max(0, (Math.log(f) - lf) / span)));
+    cols.forEach((col, c) => {
+      for (let v = 0; v < col.V; v++) {
+        const k = col.kinds[v], f = col.freqs[v];
+        let color = "#000";
+        if (k === G.ALARM) color = "#ff2828";
+        else if (k === G.OVER) color = f <= bandLo ? "#4a5170" : "#ffffff";
+        else if (k === G.TONE) color = `hsl(${hue(f)},85%,55%)`;
         sctx.fillStyle = color;
-        sctx.fillRect(x0, v * rowH, Math.max(colW, 1), Math.max(rowH - 1, 1));
+        sctx.fillRect(c * colW, v * rowH, Math.max(colW, 1), Math.max(rowH - (rowH > 3 ? 1 : 0), 1));
+      }
+    });
+    ctx.fillStyle = "#aaa";
+    const first = `step ${store.step(0)}`, last = `step ${store.step(N - 1)}`;
+    ctx.fillText(first, 4, H - 4);
+    ctx.fillText(last, W - ctx.measureText(last).width - 4, H - 4);
+    this.cursorCache = { plot: ctx.getImageData(0, 0, W, H), strip: sctx.getImageData(0, 0, strip.width, strip.height) };
+    this.lastCursor = null;
+  }
+
+  // What is under the mouse: the step, and on the strip the voice and its norm.
+  hover(e, onStrip) {
+    const rect = e.target.getBoundingClientRect(), N = this.store.next;
+    if (!N) return;
+    const row = Math.max(0, Math.min(N - 1, Math.floor((e.clientX - rect.left) / rect.width * N)));
+    const { b, j } = this.store.find(row);
+    let text = `step ${b.steps[j]}`;
+    if (onStrip) {
+      const v = Math.floor((e.clientY - rect.top) / rect.height * this.store.names.length);
+      if (v >= 0 && v < b.V) {
+        const x = b.norms[j * b.V + v], bits = b.bits[j * b.V + v];
+        text += `, ${this.store.names[v]}: ` + (bits & G.MISSING_BIT ? "no gradient" : `norm ${fmtNorm(x)}`)
+          + (bits & G.SPIKE_BIT ? " (spike)" : "") + (bits & G.COLLAPSE_BIT ? " (collapse)" : "");
       }
     }
-    ctx.fillStyle = "#aaa"; ctx.font = `${Math.round(11 * (window.devicePixelRatio || 1))}px sans-serif`;
-    ctx.fillText(`norm ${fmtNorm(10 ** hi)}`, 4, 14);
-    ctx.fillText(`norm ${fmtNorm(10 ** lo)}`, 4, H - 6);
-    const last = `step ${store.step(N - 1)}`;
-    ctx.fillText(`step ${store.step(0)}`, 4, H - 22);
-    ctx.fillText(last, W - ctx.measureText(last).width - 4, H - 6);
-    this.cursorCache = { plot: ctx.getImageData(0, 0, W, H), strip: sctx.getImageData(0, 0, strip.width, strip.height) };
+    if (b.skipped[j]) text += " - skipped by the optimizer";
+    $("hover").textContent = text;
   }
 
   drawCursor() {
@@ -473,7 +554,7 @@ class RunView {
     this.lastCursor = row;
     const N = this.store.next;
     for (const [id, img] of [["plot", this.cursorCache.plot], ["strip", this.cursorCache.strip]]) {
-      const cv = $(id), ctx = cv.getContext("2d");
+      const cv = $(id), ctx = cv.getContext("2d", { willReadFrequently: true });
       if (img.width !== cv.width) { this.dirty = true; return; }
       ctx.putImageData(img, 0, 0);
       const x = Math.round((row + 0.5) / N * cv.width);
@@ -481,7 +562,7 @@ class RunView {
       ctx.fillRect(x, 0, 2, cv.height);
     }
     const step = this.store.step(row);
-    $("cursor").textContent = step === null ? "" : `playing step ${step}`;
+    $("cursor").textContent = step === null ? "" : `${this.player.playing ? "playing" : "at"} step ${step}`;
   }
 
   // For tests and tools: the samples of rows lo..hi-1 rendered through an OfflineAudioContext.
@@ -502,7 +583,8 @@ class RunView {
   }
 }
 
-function voiceColor(v, n) { return `hsl(${Math.round(360 * v / Math.max(n, 1))},70%,60%)`; }
+// Neighbouring voices get far-apart hues (the golden angle), the first and last too.
+function voiceColor(v) { return `hsl(${Math.round((v * 137.508) % 360)},70%,62%)`; }
 
 function fit(canvas) {
   const dpr = window.devicePixelRatio || 1;
