@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from .conftest import REPO
-from .fixtures.models import TinyMLP
+from .fixtures.models import TinyMLP, Tokens, tiny_gpt2
 
 TONE = 441
 
@@ -97,21 +97,11 @@ def test_lightning_callback_closes_the_wav_when_training_raises():
 
 
 def test_transformers_callback_on_a_tiny_gpt2_built_from_a_config(tmp_path):
-    from transformers import GPT2Config, GPT2LMHeadModel, Trainer, TrainerCallback, TrainingArguments
+    from transformers import Trainer, TrainerCallback, TrainingArguments
 
     from gradsonic.transformers import SonifierCallback
 
-    torch.manual_seed(0)
-    model = GPT2LMHeadModel(GPT2Config(vocab_size=64, n_positions=16, n_embd=16, n_layer=2,
-                                       n_head=2, bos_token_id=0, eos_token_id=0))
-
-    class Tokens(torch.utils.data.Dataset):
-        def __len__(self):
-            return 32
-
-        def __getitem__(self, i):
-            ids = torch.randint(0, 64, (16,), generator=torch.Generator().manual_seed(i))
-            return {"input_ids": ids, "labels": ids}
+    model = tiny_gpt2()
 
     class Probe(TrainerCallback):
         def __init__(self):

@@ -27,7 +27,7 @@ from gradsonic.recording import read_recording
 from gradsonic.render import frames
 
 from .fixtures.browser import CHROMIUM, require_browser
-from .fixtures.models import TinyMLP
+from .fixtures.models import TinyMLP, Tokens, tiny_gpt2
 
 
 def event_accumulator(path):
@@ -371,28 +371,18 @@ def test_lightning_opt_out(tmp_path):
 
 
 def test_hf_trainer_report_to_tensorboard_gets_the_sound(tmp_path):
-    from transformers import GPT2Config, GPT2LMHeadModel, Trainer, TrainingArguments
+    from transformers import Trainer, TrainingArguments
 
     from gradsonic.transformers import SonifierCallback
 
-    torch.manual_seed(0)
-    model = GPT2LMHeadModel(GPT2Config(vocab_size=64, n_positions=16, n_embd=16, n_layer=2,
-                                       n_head=2, bos_token_id=0, eos_token_id=0))
-
-    class Tokens(torch.utils.data.Dataset):
-        def __len__(self):
-            return 64
-
-        def __getitem__(self, i):
-            ids = torch.randint(0, 64, (16,), generator=torch.Generator().manual_seed(i))
-            return {"input_ids": ids, "labels": ids}
+    model = tiny_gpt2()
 
     args = TrainingArguments(output_dir=str(tmp_path / "out"), max_steps=12,
                              per_device_train_batch_size=4, report_to=["tensorboard"],
                              save_strategy="no", use_cpu=True, disable_tqdm=True,
                              logging_steps=4)
     sonic = SonifierCallback(run_dir=tmp_path / "run", quiet=True)
-    Trainer(model=model, args=args, train_dataset=Tokens(), callbacks=[sonic]).train()
+    Trainer(model=model, args=args, train_dataset=Tokens(64), callbacks=[sonic]).train()
     folders = {Path(p).parent for p in glob.glob(str(tmp_path / "out" / "**" / "events.*"),
                                                  recursive=True)}
     assert len(folders) == 1  # the TensorBoardCallback's own folder

@@ -17,8 +17,10 @@ Fed by the sonifier's worker like any sink, never on the training thread:
 
 from __future__ import annotations
 
+import importlib
 import io
 from collections import deque
+from typing import Any
 import numpy as np
 
 from .._options import check_number
@@ -170,3 +172,12 @@ class LoggerSink(Sink):
 
     def _finish(self) -> None:
         """Flush (and close what this sink opened itself)."""
+
+
+def optional(module: str, sink: str, extra: str) -> Any:
+    """Import ``module`` for ``sink``, or raise ModuleNotFoundError naming the install line."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        raise ModuleNotFoundError(f"{sink} needs {extra} ({e}): pip install "
+                                  f"'gradsonic[{extra}]'") from e

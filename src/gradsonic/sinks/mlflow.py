@@ -20,18 +20,13 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigError
-from .logger import LoggerSink
+from .logger import LoggerSink, optional
 
 MAX_BATCH = 1000  # MLflow's limit of metrics per log_batch call
 
 
 def _mlflow() -> Any:
-    try:
-        import mlflow
-    except ImportError as e:
-        raise ModuleNotFoundError(f"MLflowSink needs mlflow ({e}): pip install "
-                                  "'gradsonic[mlflow]'") from e
-    return mlflow
+    return optional("mlflow", "MLflowSink", "mlflow")
 
 
 class MLflowSink(LoggerSink):

@@ -20,16 +20,11 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigTypeError
-from .logger import LoggerSink
+from .logger import LoggerSink, optional
 
 
 def _summary_writer() -> Any:
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError as e:
-        raise ModuleNotFoundError(f"TensorBoardSink needs TensorBoard ({e}): "
-                                  "pip install 'gradsonic[tensorboard]'") from e
-    return SummaryWriter
+    return optional("torch.utils.tensorboard", "TensorBoardSink", "tensorboard").SummaryWriter
 
 
 class TensorBoardSink(LoggerSink):

@@ -22,16 +22,11 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigError
-from .logger import LoggerSink
+from .logger import LoggerSink, optional
 
 
 def _wandb() -> Any:
-    try:
-        import wandb
-    except ImportError as e:
-        raise ModuleNotFoundError(f"WandbSink needs wandb ({e}): pip install 'gradsonic[wandb]'"
-                                  ) from e
-    return wandb
+    return optional("wandb", "WandbSink", "wandb")
 
 
 class WandbSink(LoggerSink):
