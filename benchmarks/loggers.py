@@ -32,7 +32,7 @@ def overhead(smoke: bool) -> None:
 
     from gradsonic import GradientSonifier, MLflowSink, TensorBoardSink, WandbSink
 
-    rounds, block = (2, 5) if smoke else (40, 40)
+    rounds, block = (2, 5) if smoke else (80, 40)
     tmp = Path(tempfile.mkdtemp())
     os.environ.update(WANDB_MODE="offline", WANDB_DIR=str(tmp), WANDB_SILENT="true",
                       MLFLOW_ALLOW_FILE_STORE="true")

@@ -259,9 +259,56 @@ def test_wandb_offline_history_and_audio_read_back_exactly(tmp_path, wandb_offli
     check_clips(rec, clips, tile=True)
 
 
-def test_wandb_sink_without_a_run_is_a_clear_error(wandb_offline):
+def test_wandb_sink_without_a_run_is_a_clear_error_and_writes_nothing(tmp_path, wandb_offline):
     with pytest.raises(ValueError, match="wandb.init"):
-        GradientSonifier(TinyMLP(), wav=None, sinks=[WandbSink()])
+        GradientSonifier(TinyMLP(), run_dir=tmp_path / "run", sinks=[WandbSink()])
+    assert not (tmp_path / "run").exists()  # checked before any file was made
+    with pytest.raises(ValueError, match="rows"):
+        WandbSink(rows="mine")
+
+
+def _log_twice_per_step(wandb_offline, sink, explicit):
+    """Another logger in the same run, twice per optimizer step: with ``step=`` (explicit) or
+    without; returns (its rows, gradsonic's rows)."""
+    run = wandb_offline.init(project="gradsonic-test")
+    torch.manual_seed(0)
+    model = TinyMLP()
+    with GradientSonifier(model, run_dir="run", sinks=[sink], quiet=True) as son:
+        opt = son.wrap(torch.optim.SGD(model.parameters(), lr=0.05))
+        for i in range(120):
+            for half in range(2):
+                opt.zero_grad()
+                loss = model(torch.randn(8, 8)).pow(2).mean()
+                if explicit:
+                    run.log({"mine": float(i)}, step=i)
+                else:
+                    run.log({"mine": float(2 * i + half)})
+            loss.backward()
+            opt.step()
+            time.sleep(0.002)
+    run_dir = Path(run.dir).parent
+    run.finish()
+    wandb_offline.teardown()
+    rows = wandb_history(run_dir)
+    mine = [r["mine"] for _, r in sorted(rows.items()) if "mine" in r]
+    ours = [r["gradsonic/step"] for _, r in sorted(rows.items()) if "gradsonic/alarms" in r]
+    return mine, ours
+
+
+def test_wandb_own_rows_keep_every_step_beside_a_logger_without_step(wandb_offline):
+    mine, ours = _log_twice_per_step(wandb_offline, WandbSink(rows="own"), explicit=False)
+    assert ours == list(range(120))  # every optimizer step, in a row of its own
+    assert mine == [float(i) for i in range(240)]  # and every one of theirs
+
+
+def test_wandb_shared_rows_never_drop_a_logger_with_step(wandb_offline, capsys):
+    sink = WandbSink()  # rows="shared"
+    mine, ours = _log_twice_per_step(wandb_offline, sink, explicit=True)
+    assert sorted(set(mine)) == [float(i) for i in range(120)]  # every one of theirs is there
+    assert ours == sorted(ours) and len(set(ours)) == len(ours)  # ours: increasing, no clobber
+    assert len(ours) + sink.skipped_steps >= 100
+    if sink.skipped_steps:
+        assert "one value per W&B row" in capsys.readouterr().err
 
 
 # ---- MLflow (local store) -----------------------------------------------------------------------
@@ -382,6 +429,14 @@ def test_hf_trainer_report_to_tensorboard_gets_the_sound(tmp_path):
                              save_strategy="no", use_cpu=True, disable_tqdm=True,
                              logging_steps=4)
     sonic = SonifierCallback(run_dir=tmp_path / "run", quiet=True)
+    sonic_sinks = []
+    original = sonic.on_train_begin
+
+    def on_train_begin(*a, **kw):
+        original(*a, **kw)
+        sonic_sinks.extend(sonic.sonifier.sinks)
+
+    sonic.on_train_begin = on_train_begin
     Trainer(model=model, args=args, train_dataset=Tokens(64), callbacks=[sonic]).train()
     folders = {Path(p).parent for p in glob.glob(str(tmp_path / "out" / "**" / "events.*"),
                                                  recursive=True)}
@@ -390,9 +445,14 @@ def test_hf_trainer_report_to_tensorboard_gets_the_sound(tmp_path):
     tags = ea.Tags()["scalars"]
     assert "train/loss" in tags
     norm_tags = [t for t in tags if t.startswith("gradsonic/norm/")]
-    assert norm_tags and [e.step for e in ea.Scalars(norm_tags[0])] == list(range(12))
+    # the Trainer's global_step counts from 1: gradsonic's step 0 is logged at 1
+    assert norm_tags and [e.step for e in ea.Scalars(norm_tags[0])] == list(range(1, 13))
     assert [e.step for e in ea.Scalars("train/loss")] == [4, 8, 12]
-    assert ea.Audio("gradsonic/audio")
+    assert ea.Audio("gradsonic/audio")[-1].step == 12
+    # the callback closed its writer before gradsonic was done: the file gradsonic reopened for
+    # its last steps is closed too (nothing left open, nothing lost)
+    sink = next(s for s in sonic_sinks if type(s).__name__ == "TensorBoardSink")
+    assert sink.closed and sink.writer.all_writers is None
 
 
 # ---- TensorBoard's Audio dashboard in a real browser --------------------------------------------

@@ -87,6 +87,16 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _recording(path: str) -> Any:
+    """The recording at ``path``, or in the run folder ``path`` (its ``run.gsr``)."""
+    from .recording import read_recording
+
+    p = Path(path)
+    if p.is_dir() and (p / "run.gsr").is_file():
+        p = p / "run.gsr"
+    return read_recording(p)
+
+
 def _steps_slice(text: str | None) -> slice | None:
     if not text:
         return None
@@ -98,10 +108,9 @@ def _steps_slice(text: str | None) -> slice | None:
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
-    from .recording import read_recording
     from .render import synth_for
 
-    rec = read_recording(args.run)
+    rec = _recording(args.run)
     s = rec.settings
     synth, _ = synth_for(rec)
     every = int(rec.settings.get("every") or 1)
@@ -123,10 +132,9 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 
 def _cmd_render(args: argparse.Namespace) -> int:
-    from .recording import read_recording
     from .render import render_to_file, select
 
-    rec = read_recording(args.run)
+    rec = _recording(args.run)
     steps = _steps_slice(args.steps)
     n = len(select(rec, args.layers, steps)[0])
     update, close = _progress(n, "render", args.quiet)
@@ -142,9 +150,8 @@ def _cmd_render(args: argparse.Namespace) -> int:
 
 def _cmd_plot(args: argparse.Namespace) -> int:
     from .plot import plot_recording
-    from .recording import read_recording
 
-    plot_recording(read_recording(args.run), args.output, layers=args.layers,
+    plot_recording(_recording(args.run), args.output, layers=args.layers,
                    steps=_steps_slice(args.steps))
     print(f"wrote {args.output}")
     return 0
@@ -172,13 +179,12 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 def _cmd_export(args: argparse.Namespace) -> int:
     import contextlib
 
-    from .recording import read_recording
     from .render import replay, synth_for
 
     if not (args.tensorboard or args.wandb or args.mlflow):
         raise GradsonicError("export: name at least one destination: --tensorboard DIR, "
                              "--wandb PROJECT or --mlflow TRACKING_URI")
-    rec = read_recording(args.run)
+    rec = _recording(args.run)
     synth, _ = synth_for(rec)
     every = int(rec.settings.get("every") or 1)
     heard = int((rec.steps % every == 0).sum())
@@ -264,13 +270,13 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=_cmd_demo)
 
     info = sub.add_parser("info", help="describe a recording (layers, steps, settings)")
-    info.add_argument("run", help="a recording made with GradientSonifier(record=...)")
+    info.add_argument("run", help="a recording (run.gsr), or a run folder holding one")
     info.set_defaults(func=_cmd_info)
 
     render = sub.add_parser("render", help="re-render a recording to an audio file",
                             description="Re-render a recording; with the recorded settings the "
                             "samples equal the live run's.")
-    render.add_argument("run", help="a recording made with GradientSonifier(record=...)")
+    render.add_argument("run", help="a recording (run.gsr), or a run folder holding one")
     render.add_argument("-o", "--output", required=True, help="the audio file to write")
     render.add_argument("--mapping", choices=["seed", "log"], help="default: as recorded")
     render.add_argument("--tone-ms", type=float, help="tone length in ms (default: as recorded)")
@@ -281,7 +287,7 @@ def build_parser() -> argparse.ArgumentParser:
     render.set_defaults(func=_cmd_render)
 
     plot = sub.add_parser("plot", help="norm curves above the spectrogram, as a PNG")
-    plot.add_argument("run", help="a recording made with GradientSonifier(record=...)")
+    plot.add_argument("run", help="a recording (run.gsr), or a run folder holding one")
     plot.add_argument("-o", "--output", required=True, help="the PNG to write")
     plot.add_argument("--layers", nargs="+", metavar="PATTERN", help="only these layers (globs)")
     plot.add_argument("--steps", metavar="A:B", help="only steps A..B-1 (rows of the recording)")
@@ -310,7 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "MLflow", description="Log a finished recording to the trackers as the "
                          "live logger sinks would have: per-voice norm scalars, alarm and accent "
                          "counts, and clips of the sound.")
-    exp.add_argument("run", help="a recording made with GradientSonifier(record=...)")
+    exp.add_argument("run", help="a recording (run.gsr), or a run folder holding one")
     exp.add_argument("--tensorboard", metavar="DIR", help="write TensorBoard event files here")
     exp.add_argument("--wandb", metavar="PROJECT", help="log a new W&B run in this project "
                      "(offline with WANDB_MODE=offline; then `wandb sync`)")

@@ -13,7 +13,8 @@ norms can be all-reduced); the sonifier is closed at the end of ``fit`` and when
 The trainer's own loggers get the norms and clips of the sound too (``log_to_loggers=False``
 turns it off): a ``TensorBoardLogger`` in its version folder (a
 :class:`~gradsonic.sinks.tensorboard.TensorBoardSink` on its ``SummaryWriter``), a
-``WandbLogger`` in its run, an ``MLFlowLogger`` in its run - at the optimizer step, which is
+``WandbLogger`` in its run (a row per step: it logs without ``step=``, against its own
+``trainer/global_step``), an ``MLFlowLogger`` in its run - at the optimizer step, which is
 Lightning's ``global_step``.
 """
 
@@ -79,7 +80,7 @@ def logger_sinks(loggers: list[Any]) -> list[Any]:
         elif kind == "WandbLogger":
             from .sinks.wandb import WandbSink
 
-            sinks.append(WandbSink(logger.experiment))
+            sinks.append(WandbSink(logger.experiment, rows="own"))  # it logs without step=
         elif kind == "MLFlowLogger":
             from .sinks.mlflow import MLflowSink
 

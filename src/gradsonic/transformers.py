@@ -11,9 +11,12 @@ that sharded models' norms can be all-reduced). The sonifier is closed at ``on_t
 process exits (or the callback is garbage collected).
 
 The ``report_to`` integrations get the norms and clips of the sound too (``log_to_loggers=False``
-turns it off), at the Trainer's ``global_step``: TensorBoard through the ``TensorBoardCallback``'s
-own ``SummaryWriter`` (so in its folder, next to ``train/loss``), W&B in the active run, MLflow in
-the active run. The Trainer gives callbacks no handle on each other, so the TensorBoard writer is
+turns it off), at the Trainer's ``global_step`` (which counts optimizer steps from 1: the norms of
+gradsonic's step 0 are logged at 1, beside ``train/grad_norm`` of the same update): TensorBoard
+through the ``TensorBoardCallback``'s own ``SummaryWriter`` (so in its folder, next to
+``train/loss``; that callback closes its writer at the end of training before this one is done,
+and the sink closes the event file it then reopens), W&B in the active run (a row per step:
+``WandbCallback`` logs without ``step=``), MLflow in the active run. The Trainer gives callbacks no handle on each other, so the TensorBoard writer is
 found on the ``CallbackHandler`` that calls this callback (it calls the integrations first); if
 that ever fails, TensorBoard is skipped with a warning rather than guessing a folder.
 """
@@ -100,7 +103,7 @@ def report_to_sinks(args: Any, handler: Any) -> list[Any]:
         if writer is not None:
             from .sinks.tensorboard import TensorBoardSink
 
-            sinks.append(TensorBoardSink(writer))
+            sinks.append(TensorBoardSink(writer, step_offset=1))
         else:
             warnings.warn("gradsonic: report_to includes tensorboard but its SummaryWriter was "
                           "not found; pass sinks=[TensorBoardSink(dir)] to log there",
@@ -111,12 +114,12 @@ def report_to_sinks(args: Any, handler: Any) -> list[Any]:
         if wandb.run is not None:
             from .sinks.wandb import WandbSink
 
-            sinks.append(WandbSink(wandb.run))
+            sinks.append(WandbSink(wandb.run, rows="own", step_offset=1))
     if ("mlflow" in report_to or "all" in report_to) and "mlflow" in sys.modules:
         import mlflow
 
         if mlflow.active_run() is not None:
             from .sinks.mlflow import MLflowSink
 
-            sinks.append(MLflowSink())
+            sinks.append(MLflowSink(step_offset=1))
     return sinks

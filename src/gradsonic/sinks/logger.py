@@ -10,8 +10,10 @@ Fed by the sonifier's worker like any sink, never on the training thread:
 * **Clips** of the sound: the most recent ``clip_seconds`` (10 s) of it - whole steps, exactly the
   samples the WAV gets, never a step an earlier clip holds - every ``clip_interval`` seconds of
   the training's clock (300 s), or every ``clip_steps`` sounded steps if given; the first as soon
-  as 10 s of sound exist, so a dashboard has sound within a minute of the start, and a last one
-  at ``close()``. Only those 10 s are ever held. A clip is a float32 WAV (mono, or stereo for the chord layout) at the run's sample rate,
+  as 10 s of sound exist, so a dashboard has sound within a minute of the start, and a last one -
+  the final 10 s - at ``close()``. Clips are samples of the run, like a dashboard's images: with
+  the wall-clock cadence most of the sound is in no clip (the WAV and the recording have it all;
+  ``gradsonic export`` puts clips back to back). Only those 10 s are ever held. A clip is a float32 WAV (mono, or stereo for the chord layout) at the run's sample rate,
   logged at the step of its last tone.
 """
 
@@ -39,7 +41,7 @@ class LoggerSink(Sink):
 
     def __init__(self, *, prefix: str = "gradsonic", clip_seconds: float = DEFAULT_CLIP_SECONDS,
                  clip_interval: float = DEFAULT_CLIP_INTERVAL, clip_steps: int | None = None,
-                 scalars: bool = True, audio: bool = True) -> None:
+                 scalars: bool = True, audio: bool = True, step_offset: int = 0) -> None:
         if not isinstance(prefix, str) or not prefix or prefix.endswith("/"):
             raise ConfigError(f"prefix must be a tag prefix such as 'gradsonic', not {prefix!r}")
         self.prefix = prefix
@@ -50,6 +52,10 @@ class LoggerSink(Sink):
                                        or not isinstance(clip_steps, int) or clip_steps < 1):
             raise ConfigError(f"clip_steps must be an integer >= 1 or None, not {clip_steps!r}")
         self.clip_steps = clip_steps
+        if isinstance(step_offset, bool) or not isinstance(step_offset, int):
+            raise ConfigError(f"step_offset must be an integer, not {step_offset!r}")
+        #: added to every step logged (the HF Trainer counts optimizer steps from 1)
+        self.step_offset = step_offset
         self.scalars = bool(scalars)
         self.audio = bool(audio)
         self.sample_rate = 0
@@ -80,8 +86,8 @@ class LoggerSink(Sink):
                    else np.zeros(block.count, np.int64))
         names = [f"{self.prefix}/norm/{n}" for n in block.layer_names] or [
             f"{self.prefix}/norm/{i}" for i in range(norms.shape[1])]
-        self._pending = (block.step_numbers, names, np.where(finite, norms, np.nan), alarms,
-                         accents)
+        self._pending = (block.step_numbers + self.step_offset, names,
+                         np.where(finite, norms, np.nan), alarms, accents)
         if not self.audio:
             self._flush_scalars()
 
@@ -112,8 +118,8 @@ class LoggerSink(Sink):
             return
         per_step = np.asarray(frames).reshape(block.count, block.step_frames, -1)
         limit = round(self.clip_seconds * self.sample_rate)
-        for step, step_frames, t in zip(block.step_numbers.tolist(), per_step,
-                                        block.times.tolist()):
+        for step, step_frames, t in zip((block.step_numbers + self.step_offset).tolist(),
+                                        per_step, block.times.tolist()):
             self._ring.append((step, step_frames))
             self._ring_frames += len(step_frames)
             while len(self._ring) > 1 and self._ring_frames - len(self._ring[0][1]) >= limit:

@@ -41,8 +41,8 @@ class MLflowSink(LoggerSink):
         self.path = None
         self._tmp: str | None = None
 
-    def open(self, sample_rate: int) -> None:
-        super().open(sample_rate)
+    def prepare(self, sample_rate: int) -> None:
+        """Find the run before any file of the sonifier is written."""
         mlflow = _mlflow()
         if self.run_id is None:
             run = mlflow.active_run()
@@ -52,6 +52,10 @@ class MLflowSink(LoggerSink):
             self.run_id = run.info.run_id
         if self.client is None:
             self.client = mlflow.tracking.MlflowClient()
+
+    def open(self, sample_rate: int) -> None:
+        super().open(sample_rate)
+        self.prepare(sample_rate)
         self.path = self.client.get_run(self.run_id).info.artifact_uri
         self._tmp = tempfile.mkdtemp(prefix="gradsonic-mlflow-")
 

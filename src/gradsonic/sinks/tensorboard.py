@@ -43,6 +43,7 @@ class TensorBoardSink(LoggerSink):
         self.path = None
         self._target = log_dir
         self.writer: Any = None
+        self._reopened = False  # its owner closed the writer before this sink was done
         if self._own:
             _summary_writer()  # a missing package is an error now, not in the worker
 
@@ -59,7 +60,7 @@ class TensorBoardSink(LoggerSink):
                      alarms: np.ndarray, accents: np.ndarray) -> None:
         from tensorboard.compat.proto.summary_pb2 import Summary
 
-        writer = self.writer._get_file_writer()
+        writer = self._file_writer()
         alarm_tag, accent_tag = f"{self.prefix}/alarms", f"{self.prefix}/accents"
         wall = time.time()
         for i, step in enumerate(steps.tolist()):
@@ -78,7 +79,15 @@ class TensorBoardSink(LoggerSink):
                               encoded_audio_string=self.wav_bytes(frames),
                               content_type="audio/wav")
         summary = Summary(value=[Summary.Value(tag=f"{self.prefix}/audio", audio=audio)])
-        self.writer._get_file_writer().add_summary(summary, step, time.time())
+        self._file_writer().add_summary(summary, step, time.time())
+
+    def _file_writer(self) -> Any:
+        # A SummaryWriter closed by its owner (the HF Trainer's TensorBoardCallback closes its
+        # writer at on_train_end, before this sink has written the last steps) reopens a new
+        # event file when written to; this sink then closes it when done.
+        if getattr(self.writer, "all_writers", True) is None:
+            self._reopened = True
+        return self.writer._get_file_writer()
 
     def flush(self) -> None:
         super().flush()
@@ -88,7 +97,7 @@ class TensorBoardSink(LoggerSink):
     def _finish(self) -> None:
         if self.writer is None:
             return
-        if self._own:
+        if self._own or self._reopened:
             self.writer.close()
         else:
             self.writer.flush()
