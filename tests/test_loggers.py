@@ -168,7 +168,9 @@ def test_export_to_tensorboard_equals_the_live_sink_and_tiles_the_run(tmp_path, 
 
 def test_export_follows_every_n(tmp_path):
     rec = train([], every=3)
-    assert main(["export", str(rec.path), "--tensorboard", str(tmp_path / "tb"), "-q"]) == 0
+    # a run folder does as well as its run.gsr
+    assert main(["export", str(rec.path.parent), "--tensorboard", str(tmp_path / "tb"),
+                 "-q"]) == 0
     ea = event_accumulator(tmp_path / "tb")
     finite = int(np.isfinite(rec.norms[:, 0]).sum())
     assert 250 < finite < 300
