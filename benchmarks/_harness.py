@@ -117,3 +117,13 @@ def seed_cnn_copies(names: tuple[str, ...], batch: int, block: int
     opts = {n: torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.5) for n, m in models.items()}
     return batches, models, opts
 
+
+
+def default_settings() -> dict:
+    """A recording's settings as a default GradientSonifier stores them (for synthetic runs)."""
+    from gradsonic.accents import Accents
+    from gradsonic.mapping import LogMapping, mapping_settings
+
+    return {"mapping": mapping_settings(LogMapping()), "sample_rate": 44100,
+            "tone_duration": 0.01, "silence_duration": 0.02, "amplitude": 0.1,
+            "layout": "sequence", "accents": Accents().settings(), "every": 1}

@@ -66,17 +66,14 @@ def overhead(smoke: bool) -> None:
 
 def size(smoke: bool) -> None:
     from gradsonic import TensorBoardSink
-    from gradsonic.mapping import LogMapping, mapping_settings
+    from _harness import default_settings
     from gradsonic.recording import RecordSink, read_recording
     from gradsonic.render import replay
     from gradsonic.sinks.base import StepBlock
 
     steps = 1000 if smoke else 10000
     tmp = Path(tempfile.mkdtemp())
-    settings = {"mapping": mapping_settings(LogMapping()), "sample_rate": 44100,
-                "tone_duration": 0.01, "silence_duration": 0.02, "amplitude": 0.1,
-                "layout": "sequence", "accents": {"spike_factor": 3.0, "collapse_factor": 1e-3,
-                                                   "window": 32, "min_history": 8}, "every": 1}
+    settings = default_settings()
     print("## TensorBoard event file size\n")
     print(f"| voices | scalars only, bytes per 10,000 steps | one {10} s clip, bytes |")
     print("| --- | --- | --- |")

@@ -128,12 +128,9 @@ def cpu(smoke: bool) -> None:
     rate, voices = 1000, 16
     tmp = Path(tempfile.mkdtemp())
     port = free_port()
-    from gradsonic.mapping import LogMapping, mapping_settings
+    from _harness import default_settings
 
-    settings = {"mapping": mapping_settings(LogMapping()), "sample_rate": 44100,
-                "tone_duration": 0.01, "silence_duration": 0.02, "amplitude": 0.1,
-                "layout": "sequence", "accents": {"spike_factor": 3.0, "collapse_factor": 1e-3,
-                                                   "window": 32, "min_history": 8}, "every": 1}
+    settings = default_settings()
     sink = RecordSink(tmp / "run.gsr", tuple(f"layer{i}" for i in range(voices)), settings)
     sink.open(44100)
     stop = threading.Event()

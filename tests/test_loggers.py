@@ -7,7 +7,6 @@ from __future__ import annotations
 import glob
 import io
 import json
-import os
 import socket
 import struct
 import subprocess

@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError, GradsonicError
+from .errors import ConfigError
 from .files import writer_pid
 from .follow import MAX_BATCH, Tail, TailReset, b64
 from .recording import RecordingError, read_header
@@ -331,10 +331,8 @@ class Server:
                       "silence_samples": synth.silence_samples, "min_hz": synth.min_hz,
                       "max_hz": synth.max_hz, "over_peak": OVER_PEAK,
                       "every": int(settings.get("every") or 1),
-                      "amp_env": b64(synth._amp_env.astype("<f4")),
-                      "alarm": b64(synth._alarm.astype("<f4")),
-                      "click": b64(synth._click.astype("<f4")),
-                      "accent_gain": b64(synth._accent_gain.astype("<f4"))},
+                      **{name: b64(table.astype("<f4"))
+                         for name, table in synth.tables().items()}},
         }
 
     # -- live ------------------------------------------------------------------------------
@@ -616,4 +614,4 @@ def serve(path: str | os.PathLike[str], host: str = "127.0.0.1", port: int = DEF
         print("gradsonic serve: stopped", file=sys.stderr)
 
 
-__all__ = ["Server", "serve", "DEFAULT_PORT", "GradsonicError"]
+__all__ = ["DEFAULT_PORT", "Server", "parse_serve", "serve"]

@@ -109,6 +109,13 @@ class Synth:
         self._tmp64: np.ndarray | None = None
         self._buf32: np.ndarray | None = None
 
+    def tables(self) -> dict[str, np.ndarray]:
+        """The per-sample tables every tone is made with (float32, ``tone_samples`` long): the
+        amplitude envelope, the alarm noise, the spike click and the accent gain - what the
+        browser page (``gradsonic serve``) needs to play exactly these samples."""
+        return {"amp_env": self._amp_env, "alarm": self._alarm, "click": self._click,
+                "accent_gain": self._accent_gain}
+
     def step_samples(self, n_layers: int) -> int:
         """Number of frames one step of ``n_layers`` voices occupies."""
         if self.layout is Layout.CHORD:

@@ -60,19 +60,11 @@ async function showRuns() {
 // ---- the rows of one run ------------------------------------------------------------------
 
 class Store {
-  constructor() { this.batches = []; this.next = 0; this.names = []; this.lo = Infinity; this.hi = -Infinity; }
+  constructor() { this.batches = []; this.next = 0; this.names = []; }
 
   add(b) {  // b decoded; b.first === this.next
     this.batches.push(b);
     this.next = b.first + b.n;
-    for (let i = 0; i < b.norms.length; i++) {
-      const x = b.norms[i];
-      if (x > 0 && Number.isFinite(x)) {
-        const l = Math.log10(x);
-        if (l < this.lo) this.lo = l;
-        if (l > this.hi) this.hi = l;
-      }
-    }
   }
 
   find(row) {  // {b, j} of a row, or null
@@ -88,7 +80,7 @@ class Store {
 
   step(row) { const r = this.find(row); return r ? r.b.steps[r.j] : null; }
 
-  // Rows (from `row` on) whose bits match `mask` or whose step is an alarm.
+  // The first row from `row` on for which test(batch, index) holds, or null.
   nextMatch(row, test) {
     for (let i = row; i < this.next; i++) {
       const { b, j } = this.find(i);
