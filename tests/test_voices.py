@@ -56,7 +56,9 @@ class Check:
 
     def wrap(self, optimizer):
         self.son.wrap(optimizer)
-        optimizer.register_step_pre_hook(
+        # After the update, from the gradients it used (torch's optimizers leave them as they
+        # were); after gradsonic's own post-hook, so layer_params is up to date.
+        optimizer.register_step_post_hook(
             lambda opt, args, kwargs: self.expected.append(direct(self.model, self.son, opt)))
         return optimizer
 
@@ -276,7 +278,7 @@ def test_accelerate_prepare_then_wrap_hooks_the_real_optimizer():
     model, prepared = accelerator.prepare(model, opt)
     check = Check(model)
     assert check.son.wrap(prepared) is prepared
-    opt.register_step_pre_hook(
+    opt.register_step_post_hook(
         lambda o, a, k: check.expected.append(direct(model, check.son, o)))
     x = torch.randn(6, 8)
     train(model, prepared, lambda i: model(x).pow(2).mean())
@@ -364,7 +366,9 @@ def test_summary_lists_voices_and_what_is_not_heard():
     with GradientSonifier(model, wav=None) as son:
         text = son.summary()
     lines = text.splitlines()
-    assert lines[0].startswith("gradsonic: 6 voices hear") and lines[0].endswith("(100.0%)")
+    # before any step it says what will be heard, and that nothing has been yet
+    assert lines[0].startswith("gradsonic: 6 voices will hear") and lines[0].endswith("(100.0%)")
+    assert lines[-1].startswith("no step heard yet: wrap the optimizer") and "son.step()" in lines[-1]
     assert any(line.split()[1:2] == ["lstm.l0"] for line in lines)
     assert "lstm.bias_ih_l0" in text and "bias: not heard by default" in text
     with GradientSonifier(model, layers=["gru"], wav=None) as son:

@@ -113,9 +113,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
     rec = _recording(args.run)
     s = rec.settings
     synth, _ = synth_for(rec)
-    every = int(rec.settings.get("every") or 1)
-    sounded = rec.steps % every == 0
-    counts, n_steps = np.unique(rec.voice_counts[sounded], return_counts=True)
+    counts, n_steps = np.unique(rec.voice_counts[rec.sounded()], return_counts=True)
     seconds = sum(synth.step_samples(int(k)) * int(n)
                   for k, n in zip(counts, n_steps)) / synth.sample_rate
     first = f"{rec.steps[0]}..{rec.steps[-1]}" if len(rec.steps) else "none"
@@ -186,8 +184,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
                              "--wandb PROJECT or --mlflow TRACKING_URI")
     rec = _recording(args.run)
     synth, _ = synth_for(rec)
-    every = int(rec.settings.get("every") or 1)
-    heard = int((rec.steps % every == 0).sum())
+    heard = int(rec.sounded().sum())
     if args.clip_steps is None:  # back to back, or 100 clips spread over a long run
         window = max(1, int(args.clip_seconds * synth.sample_rate)
                      // synth.step_samples(len(rec.layer_names)))

@@ -220,3 +220,17 @@ def plan_tones(mapping: Callable[[np.ndarray], np.ndarray], norms: np.ndarray,
                 hz = np.clip(np.nan_to_num(hz, nan=lo), lo, hi)
         freqs[finite] = hz
     return freqs, kinds
+
+
+def sounded(steps: np.ndarray, every: int, norms: np.ndarray, missing: np.ndarray,
+            skipped: np.ndarray) -> np.ndarray:
+    """Which steps make sound under ``every=N``: steps 0, N, 2N, ... and every step with an
+    alarm (a NaN/Inf norm on any voice, or a step the optimizer skipped), whatever its number.
+    ``norms``/``missing`` are ``[steps, voices]`` (all the voices: an alarm on a voice a view
+    leaves out still sounds the step)."""
+    keep = np.asarray(steps) % every == 0
+    if every > 1 and len(keep):
+        with np.errstate(invalid="ignore"):
+            keep = keep | np.asarray(skipped, dtype=bool) | (
+                ~np.isfinite(norms) & ~np.asarray(missing, dtype=bool)).any(axis=1)
+    return keep

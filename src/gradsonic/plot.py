@@ -45,8 +45,7 @@ def decimate(recording: Recording, layers: Any = None, steps: slice | None = Non
     synth, mapping = synth_for(recording, **overrides)
     freqs, kinds = plan_tones(mapping, norms, missing, skipped)
     freqs = synth.clamp(freqs)
-    every = int(recording.settings.get("every") or 1)
-    unsounded = step_ids % every != 0  # every=N: these steps were recorded, not played
+    unsounded = ~recording.sounded()[rows]  # every=N: these steps were recorded, not played
     kinds[unsounded] = SILENT
     marks = np.where(unsounded[:, None], 0, marks)
     n_steps, n_voices = norms.shape

@@ -293,6 +293,14 @@ class Recording:
     def nonfinite(self) -> np.ndarray:
         return ~np.isfinite(self.norms) & ~self.missing
 
+    def sounded(self, every: int | None = None) -> np.ndarray:
+        """``[steps]``: the steps the run played (``every``: the recorded setting by default):
+        every Nth and each with an alarm (:func:`gradsonic.mapping.sounded`)."""
+        from .mapping import sounded
+
+        every = every or int(self.settings.get("every") or 1)
+        return sounded(self.steps, every, self.norms, self.missing, self.skipped)
+
     @property
     def accents(self) -> np.ndarray:
         """``[steps, voices]`` accent bits, rebuilt from the norms exactly as the run made them

@@ -108,8 +108,7 @@ def blocks(recording: Recording, layers: list[str] | None = None, steps: slice |
     assert recording.voice_counts is not None
     counts = recording.voice_counts[rows]
     numbers = recording.steps[rows]
-    every = every or int(recording.settings.get("every") or 1)
-    sounded = numbers % every == 0
+    heard_rows = recording.sounded(every)[rows]
     synth, mapping = synth_for(recording, **overrides)
     for start, stop in _runs(counts):  # voices added mid-run: each stretch with its own voices
         keep = cols < counts[start]
@@ -122,7 +121,7 @@ def blocks(recording: Recording, layers: list[str] | None = None, steps: slice |
                                    np.zeros(n), norms[lo:hi][:, keep], missing[lo:hi][:, keep],
                                    skipped[lo:hi], None, voices, marks[lo:hi][:, keep],
                                    numbers[lo:hi])
-            idx = np.arange(lo, hi)[sounded[lo:hi]]
+            idx = np.arange(lo, hi)[heard_rows[lo:hi]]
             if not len(idx):
                 yield every_step, None, np.zeros(0, dtype=np.float32)
                 continue

@@ -8,6 +8,7 @@ The training thread does one fused norm reduction and an O(1) enqueue per step
 
 from __future__ import annotations
 
+import inspect
 import os
 import queue
 import sys
@@ -29,7 +30,8 @@ from ._signals import install_sigterm_exit
 from .accents import AccentDetector, Accents, resolve_accents
 from .errors import ConfigError, ConfigTypeError, GradsonicError, GradsonicWarning
 from .files import new_run_folder
-from .mapping import ALARM, SILENT, MappingLike, mapping_settings, plan_tones, resolve_mapping
+from .mapping import (ALARM, SILENT, MappingLike, mapping_settings, plan_tones, resolve_mapping,
+                      sounded)
 from .recording import RecordSink
 from .sinks.base import Sink, StepBlock
 from .sinks.live import LiveSink
@@ -74,7 +76,10 @@ class _Worker(threading.Thread):
         self.mapping = mapping
         self.synth = synth
         self.sinks = sinks
-        self.on_step = on_step
+        # Held weakly (the sonifier holds it): a bound method of an object that holds the
+        # sonifier must not keep both alive through this thread.
+        self.on_step = _weak_callable(on_step)
+        self.any_step = False  # a step was queued (else a warning at exit says how to attach)
         self.detector = AccentDetector(accents) if accents is not None else None
         self.every = every
         self.stats = Stats()
@@ -137,11 +142,12 @@ class _Worker(threading.Thread):
             return
         marks = (self.detector.mark(norms, missing) if self.detector is not None
                  else np.zeros(norms.shape, dtype=np.uint8))
-        if self.on_step is not None:
+        on_step = self.on_step() if self.on_step is not None else None
+        if on_step is not None:
             for i, p in enumerate(pending):
                 try:
-                    self.on_step(StepRecord(p.step, norms[i].copy(), missing[i].copy(),
-                                            p.layer_names, p.skipped, marks[i].copy()))
+                    on_step(StepRecord(p.step, norms[i].copy(), missing[i].copy(),
+                                       p.layer_names, bool(skipped[i]), marks[i].copy()))
                 except BaseException as e:
                     self._fail("on_step callback (now disabled)", e)
                     self.on_step = None
@@ -159,16 +165,16 @@ class _Worker(threading.Thread):
                 self._drop(sink, e)
         if not self.audio_ok:
             return
-        if self.every > 1:  # sound every Nth step (the recording above has them all)
-            keep = np.fromiter((p.step % self.every == 0 for p in pending), bool, len(pending))
+        if self.every > 1:  # sound every Nth step and every alarm (the recording has them all)
+            numbers = np.fromiter((p.step for p in pending), np.int64, len(pending))
+            keep = sounded(numbers, self.every, norms, missing, skipped)
             if not keep.any():
                 return
             idx = np.flatnonzero(keep)
             norms, missing, skipped, marks = norms[idx], missing[idx], skipped[idx], marks[idx]
             block = StepBlock(pending[idx[0]].step, len(idx), block.step_frames,
                               block.tone_frames, block.times[idx], norms, missing, skipped,
-                              None, block.layer_names, marks,
-                              np.fromiter((p.step for p in pending), np.int64, len(pending))[idx])
+                              None, block.layer_names, marks, numbers[idx])
             pending = [pending[i] for i in idx]
         try:
             freqs, kinds = plan_tones(self.mapping, norms, missing, skipped)
@@ -225,12 +231,24 @@ def _scalars(pending: list[PendingNorms]) -> list[dict[str, float]] | None:
     return [{k: float(v) for k, v in (p.scalars or {}).items()} for p in pending]
 
 
-def _process_rank() -> int:
-    """This process's rank under torch.distributed (0 when not distributed)."""
+def _process_rank() -> int | None:
+    """This process's rank under torch.distributed; before ``init_process_group``, the one a
+    launcher gave it (torchrun, accelerate, DeepSpeed and Lightning set ``RANK``); else None."""
     dist = torch.distributed
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank()
-    return 0
+    rank = os.environ.get("RANK", "")
+    return int(rank) if rank.isdigit() else None
+
+
+def _weak_callable(fn: Callable[..., Any] | None) -> Callable[[], Any] | None:
+    """A getter of ``fn`` that does not keep it (or the object of a bound method) alive."""
+    if fn is None:
+        return None
+    try:
+        return weakref.WeakMethod(fn) if inspect.ismethod(fn) else weakref.ref(fn)
+    except TypeError:  # builtins (list.append) and objects without weak references
+        return lambda: fn
 
 
 def _finish(worker: _Worker, handles: list[Any], server: Any = None) -> None:
@@ -244,7 +262,21 @@ def _finish(worker: _Worker, handles: list[Any], server: Any = None) -> None:
     if server is not None:
         server.close()
     if not worker.caller_reports:  # garbage collection or interpreter exit: nobody to warn
+        if not worker.any_step:
+            _print(f"GradsonicWarning: {NO_STEP}")
         _print_errors(worker)
+
+
+NO_STEP = ("gradsonic heard no optimizer step: wrap the optimizer you step "
+           "(optimizer = son.wrap(optimizer)), or call son.step() after backward() in a loop "
+           "that updates parameters by hand")
+
+
+def _print(text: str) -> None:
+    try:
+        print(text, file=sys.stderr, flush=True)
+    except (OSError, ValueError):  # stderr closed
+        pass
 
 
 def _print_errors(worker: _Worker) -> None:
@@ -252,11 +284,8 @@ def _print_errors(worker: _Worker) -> None:
     while worker.reported < len(worker.errors):
         where, exc, tb = worker.errors[worker.reported]
         worker.reported += 1
-        try:
-            print(f"GradsonicWarning: gradsonic: {where} failed: {exc!r}; the data written "
-                  f"before it is kept.\n{tb}", file=sys.stderr, flush=True)
-        except (OSError, ValueError):  # stderr closed
-            pass
+        _print(f"GradsonicWarning: gradsonic: {where} failed: {exc!r}; the data written "
+               f"before it is kept.\n{tb}")
 
 
 def _stop(worker: _Worker) -> None:
@@ -321,6 +350,9 @@ class GradientSonifier:
     """
 
     _worker: _Worker | None = None
+    _made: list[Path] = []
+    _made_folder: Path | None = None
+    _rank_open = False
     _warmup: tuple[np.ndarray, np.ndarray] | None = None
     _inert = False
     _last_pending: PendingNorms | None = None
@@ -416,7 +448,13 @@ class GradientSonifier:
                 "run_dir='runs/my-job' (or explicit wav=/record= paths) in both runs")
         self._scalar_names = tuple(scalars)
         self._logged: dict[str, Any] = {}
-        if rank is not None and _process_rank() != rank:
+        self._on_step = on_step  # the worker holds it weakly (see _weak_callable)
+        self._rank = rank
+        known = _process_rank()
+        # Made before init_process_group by a launcher that sets no RANK: decided at the first
+        # step (a rank that turns out silent then removes the files it made).
+        self._rank_open = rank is not None and known is None and torch.distributed.is_available()
+        if rank is not None and known is not None and known != rank:
             # Under torch.distributed, one rank sounds the run (gradients are identical on every
             # rank after DDP's all-reduce); the others do nothing at all: no thread, no file,
             # no hook, no collective.
@@ -460,6 +498,9 @@ class GradientSonifier:
                 rec_sink.owner = owner
                 out.append(rec_sink)
             out.extend(extra)
+            self._made = [s.path for s in out if isinstance(s, (WavSink, RecordSink))
+                          and not resume and not os.path.lexists(s.path)]
+            self._made_folder = made_folder
             # Lock every file and check what is there before anything is truncated or written:
             # a constructor that raises leaves the disk as it was.
             for s in out:
@@ -548,7 +589,12 @@ class GradientSonifier:
     def summary(self) -> str:
         """What is heard: each voice with its parameters and size, then every trainable
         parameter that is not heard and why (torchinfo-style text; ``print(son.summary())``)."""
-        return self._tap.summary()
+        text = self._tap.summary()
+        if self._step == 0 and not self._inert:
+            how = NO_STEP.split(": ", 1)[1]
+            text = (text.replace(" voices hear ", " voices will hear ", 1)
+                    + f"\nno step heard yet: {how}")
+        return text
 
     @property
     def steps(self) -> int:
@@ -595,8 +641,7 @@ class GradientSonifier:
         if self._inert and not self._tap.sharded:
             return optimizer
         if not any(isinstance(h, _Hook) and h.optimizer() is real for h in self._handles):
-            handle = real.register_step_pre_hook(_step_pre_hook(weakref.ref(self)))
-            self._handles.append(_Hook(handle, real))
+            self._handles.append(_Hook(self, real))
         if scaler is not None and not any(isinstance(h, _ScalerHook) and h.scaler() is scaler
                                           for h in self._handles):
             self._handles.append(_ScalerHook(scaler, self))
@@ -618,11 +663,14 @@ class GradientSonifier:
         """
         self._enqueue(None if optimizer is None else _torch_optimizer(optimizer), skipped=False)
 
-    def _enqueue(self, optimizer: Any, skipped: bool) -> None:
+    def _enqueue(self, optimizer: Any, skipped: bool, scale: torch.Tensor | None = None,
+                 found_inf: torch.Tensor | None = None) -> None:
         self._check_open()
+        if self._rank_open:
+            self._settle_rank()
         if self._inert:
             if self._tap.sharded:  # silent, but the all-reduce needs every rank
-                pending = self._tap.collect(self._step, optimizer, skipped)
+                pending = self._tap.collect(self._step, optimizer, skipped, scale, found_inf)
                 self._step += 1
                 if self._last_pending is not None:
                     self._last_pending.wait()  # done by now: one step later
@@ -630,16 +678,45 @@ class GradientSonifier:
             return
         worker = self._worker
         assert worker is not None
-        pending = self._tap.collect(self._step, optimizer, skipped)
+        pending = self._tap.collect(self._step, optimizer, skipped, scale, found_inf)
         if self._logged:
             pending.scalars, self._logged = self._logged, {}
         self._step += 1
+        worker.any_step = True
         if worker.is_alive():  # a dead worker would never drain a full queue
             worker.queue.put(pending)
         elif not worker.errors:
             worker._fail("worker", RuntimeError("the gradsonic worker thread ended unexpectedly"))
         if len(worker.errors) > worker.reported:
             self._report()
+
+    def _settle_rank(self) -> None:
+        """The first step of a sonifier made before ``init_process_group``: a rank other than
+        the chosen one goes silent and removes the (empty) files it made."""
+        self._rank_open = False
+        known = _process_rank()
+        if known is None or known == self._rank or self._worker is None:
+            return
+        self._inert = True
+        self._finalizer.detach()
+        self._worker.caller_reports = True
+        _stop(self._worker)
+        if self.server is not None:
+            self.server.close()
+            self.server = None
+        for path in self._made:
+            for part in [path, *sorted(path.parent.glob(f"{path.stem}-[0-9][0-9][0-9]{path.suffix}"))]:
+                try:
+                    part.unlink()
+                except OSError:
+                    pass
+        if self._made_folder is not None:
+            try:
+                self._made_folder.rmdir()
+            except OSError:
+                pass
+        self.sinks = ()
+        self._report()
 
     def flush(self) -> None:
         """Wait until every queued step is rendered and the sinks are flushed."""
@@ -681,10 +758,7 @@ class GradientSonifier:
             return
         self._closed = True
         if self._step == 0 and not self._inert:
-            warnings.warn(
-                "gradsonic heard no optimizer step: wrap the optimizer you step "
-                "(optimizer = son.wrap(optimizer)), or call son.step() after backward() in a "
-                "loop that updates parameters by hand", GradsonicWarning, stacklevel=2)
+            warnings.warn(NO_STEP, GradsonicWarning, stacklevel=2)
         try:
             self.detach()
             if self._last_pending is not None:
@@ -725,8 +799,8 @@ class GradientSonifier:
             steps = None
         sizes = None  # frames each recorded step took in the WAV (0: not sounded, every=N)
         if rec is not None:
-            sounded = rec.steps % self.every == 0
-            sizes = np.array([self.synth.step_samples(int(k)) for k in counts]) * sounded
+            sizes = (np.array([self.synth.step_samples(int(k)) for k in counts])
+                     * rec.sounded(self.every))
         if wav is not None and wav.existing_frames is not None:
             if sizes is not None:
                 ends = np.cumsum(sizes)
@@ -792,7 +866,7 @@ def _torch_optimizer(optimizer: Any) -> torch.optim.Optimizer:
     obj = optimizer
     for _ in range(8):
         inner = None
-        for attr in ("_optimizer", "optimizer"):
+        for attr in ("_optimizer", "optimizer", "original_optimizer"):
             candidate = getattr(obj, "__dict__", {}).get(attr)
             if isinstance(candidate, torch.optim.Optimizer) and candidate is not obj:
                 inner = candidate
@@ -803,67 +877,114 @@ def _torch_optimizer(optimizer: Any) -> torch.optim.Optimizer:
     if isinstance(obj, torch.optim.Optimizer) and hasattr(obj, "_optimizer_step_pre_hooks"):
         return obj
     raise ConfigTypeError(
-        "wrap() takes a torch.optim.Optimizer or a wrapper holding one (accelerate's "
-        f"AcceleratedOptimizer, Lightning's LightningOptimizer), not {type(optimizer).__name__}")
+        "wrap() takes a torch.optim.Optimizer or a wrapper holding one in .optimizer, "
+        "._optimizer or .original_optimizer (accelerate's AcceleratedOptimizer, Lightning's "
+        f"LightningOptimizer, Opacus' DPOptimizer), not {type(optimizer).__name__}")
 
 
-def _step_pre_hook(son_ref: "weakref.ref[GradientSonifier]") -> Callable[..., Any]:
-    """The optimizer step pre-hook; holds the sonifier weakly."""
+def _eager(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Run ``fn`` eagerly inside a ``torch.compile``'d optimizer step (dynamo cannot trace
+    weak references, threads or NumPy): a graph break instead of a crash."""
+    disable = getattr(getattr(torch, "compiler", None), "disable", None)
+    if disable is None:
+        try:
+            from torch._dynamo import disable
+        except ImportError:  # pragma: no cover - torch without dynamo
+            return fn
+    return disable(fn)
 
-    def hook(optimizer: torch.optim.Optimizer, args: tuple[Any, ...],
-             kwargs: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]] | None:
-        son = son_ref()
-        if son is None or son._closed:
-            return None
-        # torch passes the step's own arguments with the optimizer first: (self, closure?, ...)
-        closure = kwargs.get("closure")
-        positional = closure is None and len(args) > 1 and callable(args[1])
-        if positional:
-            closure = args[1]
-        if closure is None:
-            son._enqueue(optimizer, skipped=False)
-            return None
-        wrapped = _FirstEvaluation(closure, son_ref, optimizer)
-        if positional:
-            return (args[0], wrapped, *args[2:]), kwargs
-        return args, {**kwargs, "closure": wrapped}
 
-    return hook
+class _Hook:
+    """The step hooks on one optimizer; hold the sonifier and the optimizer weakly.
+
+    The norms are read in the step's *post*-hook: after every pre-hook (a later one that clips
+    or adds noise is heard), after the wrappers' own changes, from the gradients the update
+    used (torch's optimizers leave ``.grad`` as it was). Two steps are read earlier, by the
+    pre-hook: ``step(closure)`` (LBFGS, Lightning) right after the closure's first evaluation,
+    and a fused optimizer under a ``GradScaler`` (``grad_scale`` set on it: the gradients are
+    still scaled, the step unscales inside its kernel), divided by that scale, with the
+    scaler's ``found_inf`` as the skip flag.
+    """
+
+    __slots__ = ("pre", "post", "optimizer", "read")
+
+    def __init__(self, son: "GradientSonifier", optimizer: torch.optim.Optimizer) -> None:
+        son_ref = weakref.ref(son)
+        self.optimizer = weakref.ref(optimizer)
+        self.read = False  # this step's norms are queued already (closure or fused AMP)
+        hook = self
+
+        @_eager
+        def pre(opt: torch.optim.Optimizer, args: tuple[Any, ...],
+                kwargs: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]] | None:
+            hook.read = False
+            son = son_ref()
+            if son is None or son._closed:
+                return None
+            # torch passes the step's own arguments with the optimizer first: (self, closure?)
+            closure = kwargs.get("closure")
+            positional = closure is None and len(args) > 1 and callable(args[1])
+            if positional:
+                closure = args[1]
+            if closure is None:
+                scale = getattr(opt, "grad_scale", None)
+                if isinstance(scale, torch.Tensor):
+                    hook.read = True
+                    son._enqueue(opt, False, scale, _found_inf(opt))
+                return None
+            wrapped = _FirstEvaluation(closure, son_ref, opt, hook)
+            if positional:
+                return (args[0], wrapped, *args[2:]), kwargs
+            return args, {**kwargs, "closure": wrapped}
+
+        @_eager
+        def post(opt: torch.optim.Optimizer, args: tuple[Any, ...],
+                 kwargs: dict[str, Any]) -> None:
+            if hook.read:
+                hook.read = False
+                return
+            son = son_ref()
+            if son is not None and not son._closed:
+                son._enqueue(opt, False, None, _found_inf(opt))
+
+        self.pre = optimizer.register_step_pre_hook(pre)
+        self.post = optimizer.register_step_post_hook(post)
+        try:  # before post-hooks registered earlier (one that zeroes the gradients, say)
+            optimizer._optimizer_step_post_hooks.move_to_end(self.post.id, last=False)
+        except (AttributeError, KeyError):  # pragma: no cover - another torch layout
+            pass
+
+    def remove(self) -> None:
+        self.pre.remove()
+        self.post.remove()
+
+
+def _found_inf(optimizer: Any) -> torch.Tensor | None:
+    """A fused optimizer's skip flag under a ``GradScaler`` (set by ``scaler.step``)."""
+    flag = getattr(optimizer, "found_inf", None)
+    return flag if isinstance(flag, torch.Tensor) else None
 
 
 class _FirstEvaluation:
     """A step's closure that queues the step's norms right after its first evaluation."""
 
-    __slots__ = ("closure", "son_ref", "optimizer", "done")
+    __slots__ = ("closure", "son_ref", "optimizer", "hook")
 
     def __init__(self, closure: Callable[[], Any], son_ref: "weakref.ref[GradientSonifier]",
-                 optimizer: torch.optim.Optimizer) -> None:
+                 optimizer: torch.optim.Optimizer, hook: _Hook) -> None:
         self.closure = closure
         self.son_ref = son_ref
         self.optimizer = optimizer
-        self.done = False
+        self.hook = hook
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         out = self.closure(*args, **kwargs)
-        if not self.done:
-            self.done = True
+        if not self.hook.read:
+            self.hook.read = True
             son = self.son_ref()
             if son is not None and not son._closed:
                 son._enqueue(self.optimizer, skipped=False)
         return out
-
-
-class _Hook:
-    """A registered optimizer hook: the torch handle plus a weak reference to its optimizer."""
-
-    __slots__ = ("handle", "optimizer")
-
-    def __init__(self, handle: Any, optimizer: torch.optim.Optimizer) -> None:
-        self.handle = handle
-        self.optimizer = weakref.ref(optimizer)
-
-    def remove(self) -> None:
-        self.handle.remove()
 
 
 class _ScalerHook:

@@ -37,7 +37,8 @@ from torch import nn
 
 from .errors import ConfigError, ConfigTypeError
 
-_ORIG_MOD = re.compile(r"(^|\.)(_orig_mod\.)+")  # torch.compile's wrapper prefix
+# Wrappers' prefixes: torch.compile's, FSDP1's and activation checkpointing's
+_ORIG_MOD = re.compile(r"(^|\.)((?:_orig_mod|_fsdp_wrapped_module|_checkpoint_wrapped_module)\.)+")
 _PARAMETRIZED = re.compile(r"^(?:(.*)\.)?parametrizations\.([^.]+)$")
 _RNN_LAYER = re.compile(r"_l(\d+)(?:_reverse)?$")
 _OLD_STYLE = ("_orig", "_g", "_v")  # spectral_norm's weight_orig, weight_norm's weight_g/_v
@@ -93,8 +94,15 @@ def describe(model: nn.Module) -> list[ParamInfo]:
             full = f"{mname}.{pname}" if mname else pname
             owner, attr, owner_module = mname, pname, module
             hit = _PARAMETRIZED.match(mname)
-            if hit and type(module).__name__ == "ParametrizationList":
+            if hit and type(module).__name__.endswith("ParametrizationList"):
                 owner, attr = hit.group(1) or "", hit.group(2)
+                # A parametrized parametrization (fc.parametrizations.weight.parametrizations.
+                # original.original) is still fc's weight: climb while the owner is a
+                # ParametrizationList itself.
+                up = _PARAMETRIZED.match(owner)
+                while up and type(by_name.get(owner)).__name__.endswith("ParametrizationList"):
+                    owner, attr = up.group(1) or "", up.group(2)
+                    up = _PARAMETRIZED.match(owner)
                 owner_module = by_name.get(owner, module)
             else:
                 for suffix in _OLD_STYLE:
@@ -141,12 +149,17 @@ class Selection:
         self._initial_set: set[str] = set()
         self._root = type(model).__name__
         self._entries: dict[str, dict[str, int]] = {_OWN: {}, _TREE: {}, _PARAM: {}, _VOICE: {}}
+        #: every voice this selection could hear, frozen layers' too (what voices= groups)
+        self.candidates: list[str] = []
         if layers is None:
             for info in infos:
-                if (info.param.requires_grad and not info.bias and not info.param.is_complex()
-                        and info.voice not in self._initial_set):
+                if info.bias or info.param.is_complex():
+                    continue
+                if info.param.requires_grad and info.voice not in self._initial_set:
                     self.initial.append(info.voice)
                     self._initial_set.add(info.voice)
+                self.candidates.append(info.voice)
+            self.candidates = list(dict.fromkeys(self.candidates))
             complex_ = [i for i in infos if i.param.requires_grad and i.param.is_complex()]
             if not self.initial and complex_:
                 raise ConfigError(
@@ -195,6 +208,7 @@ class Selection:
                 order[hit[1]] = (hit[0], j)
         self.initial = sorted(order, key=order.__getitem__)
         self._initial_set = set(self.initial)
+        self.candidates = list(self.initial)
         for info in infos:
             if self.voice_of(info) is not None and info.param.is_complex():
                 raise ConfigError(

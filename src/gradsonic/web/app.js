@@ -114,6 +114,12 @@ function isAlarm(b, j) {
   return false;
 }
 
+// Whether row j of b makes sound: every Nth step, and each step with an alarm whatever its
+// number (gradsonic.mapping.sounded).
+function isSounded(b, j, every) {
+  return b.steps[j] % every === 0 || isAlarm(b, j);
+}
+
 function isAccent(b, j) {
   for (let v = 0; v < b.V; v++) if (b.bits[j * b.V + v] & (G.SPIKE_BIT | G.COLLAPSE_BIT)) return true;
   return false;
@@ -288,7 +294,7 @@ class RunView {
   // step), among the sounded steps; from the start again after the last.
   jump(test) {
     const every = this.meta.synth.every, store = this.store;
-    const heard = (b, j) => b.steps[j] % every === 0 && test(b, j);
+    const heard = (b, j) => isSounded(b, j, every) && test(b, j);
     const at = this.player.live ? -1 : (this.player.shown ?? this.player.cursor);
     let from = at + 1;
     if (at >= 0 && at < store.next) {
@@ -335,14 +341,14 @@ class RunView {
     p.end = p.ctx ? p.ctx.currentTime : 0;
   }
 
-  // Samples of rows lo..hi-1 (the sounded ones: step % every == 0), one array per channel,
+  // Samples of rows lo..hi-1 (the sounded ones: every Nth step and each alarm), one array per channel,
   // and where each row starts.
   render(lo, hi) {
     const s = this.synth, every = this.meta.synth.every, rows = [];
     let length = 0;
     for (let i = lo; i < hi; i++) {
       const { b, j } = this.store.find(i);
-      if (b.steps[j] % every !== 0) continue;
+      if (!isSounded(b, j, every)) continue;
       rows.push([i, b, j, length]);
       length += s.stepSamples(b.V);
     }
