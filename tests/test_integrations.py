@@ -182,10 +182,11 @@ def test_silent_rank_does_nothing(monkeypatch):
 
 
 def test_fsdp2_sharded_norms_equal_an_unsharded_run(tmp_path):
-    proc = torchrun(REPO / "tests" / "fsdp_child.py", str(tmp_path), "4", cwd=tmp_path)
+    proc = torchrun(REPO / "tests" / "recipes_child.py", "fsdp2", str(tmp_path), "4",
+                    cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "rank 0: sound" in proc.stdout and "rank 1: silent" in proc.stdout
     assert sorted(p.name for p in tmp_path.iterdir() if p.suffix in (".wav", ".npy")) == [
-        "fsdp.wav", "norms.npy"]
+        "norms.npy", "run.wav"]
     heard = np.load(tmp_path / "norms.npy")
     np.testing.assert_allclose(heard, single_process_norms(4), rtol=1e-5)

@@ -321,7 +321,7 @@ class _Plan:
     """
 
     __slots__ = ("sig", "params", "voice_of", "guard_of", "groups", "fast", "idle", "reduce",
-                 "names")
+                 "names", "sharded")
 
     def __init__(self, sig: tuple[int, ...], params: list[nn.Parameter], voice_of: list[int],
                  guard_of: list[int], idle: list[nn.Parameter],
@@ -336,6 +336,10 @@ class _Plan:
         self.idle = idle
         self.reduce = reduce
         self.names = names  # voice -> the names of its parameters in this plan
+        # Read by _collect_sharded: gradients summed over process groups, or DTensors (whose
+        # local shard may be the whole gradient: HSDP with one shard per replica)
+        self.sharded = any(groups for _, _, groups in reduce) or any(
+            hasattr(p, "to_local") for p in params)
         self.fast = bool(params)
         # The plan for the common step: one entry per (device, dtype) group, reduced with one
         # fused _foreach_norm - except on CPU, where foreach kernels loop over tensors in C++
@@ -359,10 +363,6 @@ class _Plan:
                 rest = [i for i in idx if i not in in_stacks]
             if rest:
                 self.groups.append((np.asarray(rest, dtype=np.intp), rest, False))
-
-    @property
-    def sharded(self) -> bool:
-        return any(groups for _, _, groups in self.reduce)
 
 
 class _Reduced:
