@@ -14,7 +14,6 @@ import shutil
 import subprocess
 import sys
 import textwrap
-import warnings
 import weakref
 from pathlib import Path
 
@@ -25,7 +24,6 @@ import torch
 from torch import nn
 
 from gradsonic import GradientSonifier
-from gradsonic.errors import ConfigError
 from gradsonic.mapping import ALARM, plan_tones
 from gradsonic.recording import read_recording
 from gradsonic.render import frames
