@@ -19,7 +19,7 @@ import soundfile
 import torch
 from torch import nn
 
-import gradsonic.sonifier as sonifier_module
+import gradsonic.pipeline as pipeline_module
 from gradsonic import GradientSonifier, GradsonicWarning, MemorySink, Sink
 from gradsonic.synth import Synth
 
@@ -256,7 +256,7 @@ def test_a_dead_worker_never_hangs_training(monkeypatch):
     def die(self):
         return  # the thread ends at once, never reading its queue
 
-    monkeypatch.setattr(sonifier_module._Worker, "run", die)
+    monkeypatch.setattr(pipeline_module.Worker, "run", die)
     model = TinyMLP()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
