@@ -105,3 +105,17 @@ class AccentDetector:
             spike = ok & (known >= rule.min_history) & (med > 0) & (x >= rule.spike_factor * med)
             collapse = ok & (med > 0) & (x <= rule.collapse_factor * med)
         return (np.where(spike, SPIKE, 0) | np.where(collapse, COLLAPSE, 0)).astype(np.uint8)
+
+
+def marks_of(norms: np.ndarray, missing: np.ndarray, settings: Any, chunk: int = 512
+             ) -> np.ndarray:
+    """The accent marks of a whole run's ``[steps, voices]`` norms, made block by block exactly
+    as the live worker made them (``settings``: a recording's ``"accents"`` entry; all 0 when
+    accents were off)."""
+    rule = resolve_accents(settings)
+    marks = np.zeros(norms.shape, dtype=np.uint8)
+    if rule is not None:
+        detector = AccentDetector(rule)
+        for lo in range(0, len(norms), chunk):
+            marks[lo:lo + chunk] = detector.mark(norms[lo:lo + chunk], missing[lo:lo + chunk])
+    return marks

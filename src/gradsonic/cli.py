@@ -92,7 +92,10 @@ def _recording(path: str) -> Any:
     from .recording import read_recording
 
     p = Path(path)
-    if p.is_dir() and (p / "run.gsr").is_file():
+    if p.is_dir():
+        if not (p / "run.gsr").is_file():
+            raise GradsonicError(f"{path!r} is a folder without a recording (run.gsr); name a "
+                                 ".gsr file or a run folder (gradsonic-runs/<run>/)")
         p = p / "run.gsr"
     return read_recording(p)
 
@@ -101,10 +104,38 @@ def _steps_slice(text: str | None) -> slice | None:
     if not text:
         return None
     try:
-        a, _, b = text.partition(":")
-        return slice(int(a) if a else None, int(b) if b else None)
+        a, colon, b = text.partition(":")
+        lo, hi = int(a) if a else None, int(b) if b else None
     except ValueError:
+        lo = hi = colon = None
+    if not colon:
         raise GradsonicError(f"--steps must look like A:B (e.g. 100:200 or :50), not {text!r}")
+    if lo is not None and hi is not None and (lo < 0) == (hi < 0) and hi <= lo:
+        raise GradsonicError(f"--steps {text}: B must be after A (steps A..B-1), e.g. {lo}:{lo + 1}")
+    return slice(lo, hi)
+
+
+_AUDIO_FORMATS = {".wav": "wav", ".flac": "flac", ".ogg": "ogg", ".oga": "ogg"}
+
+
+def _render_format(output: str, fmt: str | None) -> str:
+    """The format of ``render -o``: its extension's, which --format may repeat but not
+    contradict."""
+    suffix = Path(output).suffix.lower()
+    by_name = _AUDIO_FORMATS.get(suffix)
+    if by_name is None:
+        raise GradsonicError(f"-o {output!r}: render writes .wav, .flac or .ogg, not "
+                             f"{suffix or 'a file without an extension'!r}")
+    if fmt is not None and fmt != by_name:
+        raise GradsonicError(f"-o {output!r} is a {suffix} file but --format is {fmt!r}; "
+                             "drop --format or give the output a matching extension")
+    return by_name
+
+
+def _check_output(output: str) -> None:
+    folder = Path(output).absolute().parent
+    if not folder.is_dir():
+        raise GradsonicError(f"-o {output!r}: folder {str(folder)!r} does not exist")
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
@@ -132,12 +163,17 @@ def _cmd_info(args: argparse.Namespace) -> int:
 def _cmd_render(args: argparse.Namespace) -> int:
     from .render import render_to_file, select
 
+    fmt = _render_format(args.output, args.format)
+    _check_output(args.output)
     rec = _recording(args.run)
     steps = _steps_slice(args.steps)
     n = len(select(rec, args.layers, steps)[0])
+    if not n:
+        raise GradsonicError(f"--steps {args.steps} selects none of the {len(rec.steps)} "
+                             "recorded steps; nothing to render")
     update, close = _progress(n, "render", args.quiet)
     try:
-        frames = render_to_file(rec, args.output, fmt=args.format, progress=update,
+        frames = render_to_file(rec, args.output, fmt=fmt, progress=update,
                                 layers=args.layers, steps=steps, mapping=args.mapping,
                                 tone_duration=None if args.tone_ms is None else args.tone_ms / 1000)
     finally:
@@ -149,6 +185,7 @@ def _cmd_render(args: argparse.Namespace) -> int:
 def _cmd_plot(args: argparse.Namespace) -> int:
     from .plot import plot_recording
 
+    _check_output(args.output)
     plot_recording(_recording(args.run), args.output, layers=args.layers,
                    steps=_steps_slice(args.steps))
     print(f"wrote {args.output}")
@@ -159,7 +196,11 @@ def _cmd_play(args: argparse.Namespace) -> int:
     from .notebook import load_audio
     from .sinks.live import play_frames
 
-    frames, rate = load_audio(args.file)
+    try:
+        frames, rate = load_audio(args.file)
+    except RuntimeError as e:  # libsndfile: not an audio file it knows
+        raise GradsonicError(f"{args.file!r} is neither a recording nor an audio file "
+                             f"libsndfile can read ({e})") from e
     if frames.ndim > 1:
         frames = frames.mean(axis=1)
     print(f"playing {args.file}: {frames.size / rate:.1f} s", flush=True)
@@ -170,6 +211,9 @@ def _cmd_play(args: argparse.Namespace) -> int:
 def _cmd_serve(args: argparse.Namespace) -> int:
     from .server import serve
 
+    if not Path(args.path).exists():
+        print(f"gradsonic serve: {args.path!r} does not exist yet; serving it as runs appear "
+              "there", file=sys.stderr, flush=True)
     serve(args.path, host=args.host, port=args.port, token=args.token)
     return 0
 
@@ -253,7 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="where to write the WAVs (gradsonic-demo/)")
     demo.add_argument("--mapping", default="seed", choices=["seed", "log"],
                       help="norm-to-pitch mapping: seed = 200 + 100*norm Hz as in 2019 (default), "
-                      "log = one octave per decade")
+                      "log = half an octave per decade of norm")
     demo.add_argument("--format", default="float32", choices=["float32", "pcm16"],
                       help="WAV sample format (float32)")
     demo.add_argument("--record", action="store_true",
@@ -279,11 +323,13 @@ def build_parser() -> argparse.ArgumentParser:
     render.add_argument("--tone-ms", type=float, help="tone length in ms (default: as recorded)")
     render.add_argument("--layers", nargs="+", metavar="PATTERN", help="only these layers (globs)")
     render.add_argument("--steps", metavar="A:B", help="only steps A..B-1 (rows of the recording)")
-    render.add_argument("--format", default="wav", choices=["wav", "flac", "ogg"])
+    render.add_argument("--format", choices=["wav", "flac", "ogg"],
+                        help="default: from the output's extension (.wav, .flac, .ogg)")
     render.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     render.set_defaults(func=_cmd_render)
 
-    plot = sub.add_parser("plot", help="norm curves above the spectrogram, as a PNG")
+    plot = sub.add_parser("plot", help="norm curves above a strip of the pitches played, as a "
+                          "PNG")
     plot.add_argument("run", help="a recording (run.gsr), or a run folder holding one")
     plot.add_argument("-o", "--output", required=True, help="the PNG to write")
     plot.add_argument("--layers", nargs="+", metavar="PATTERN", help="only these layers (globs)")

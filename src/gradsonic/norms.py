@@ -185,6 +185,9 @@ def _finite_or_wide(vec: torch.Tensor, grads: list[torch.Tensor]) -> torch.Tenso
 
 def fused_norms(grads: list[torch.Tensor]) -> torch.Tensor:
     """One fused L2 norm per tensor (all on one device), as a float32 vector on that device."""
+    if grads[0].is_cpu and any(g.numel() > _CHUNKED_NUMEL and g.layout == torch.strided
+                               for g in grads):
+        return _cpu_norms(grads)
     if grads[0].dtype in _LOW_PRECISION:  # compute in float32: a float16 norm overflows at 65504
         try:
             out = torch._foreach_norm(grads, 2, dtype=torch.float32)
@@ -194,6 +197,32 @@ def fused_norms(grads: list[torch.Tensor]) -> torch.Tensor:
         out = torch._foreach_norm(grads, 2)
     vec = torch.stack(out) if len(out) > 1 else out[0].reshape(1)
     return _finite_or_wide(vec if vec.dtype == torch.float32 else vec.float(), grads)
+
+
+# torch's float32 norm on CPU sums each SIMD lane sequentially: its relative error grows with the
+# tensor (4e-5 at 2.4M elements, 6.5e-4 at 16.8M). Larger tensors are reduced in rows of 64K
+# elements (each exact to ~2e-8) whose norms are combined in float64: 2e-7 at any size, and
+# faster (1.8 ms instead of 3.4 ms for 16.8M elements: rows reduce in parallel).
+_CHUNKED_NUMEL = 1 << 18
+_ROW = 1 << 16
+
+
+def _cpu_norms(grads: list[torch.Tensor]) -> torch.Tensor:
+    small = [i for i, g in enumerate(grads) if g.numel() <= _CHUNKED_NUMEL
+             or g.layout != torch.strided]
+    vec = torch.empty(len(grads), dtype=torch.float32)
+    if small:
+        vec[small] = fused_norms([grads[i] for i in small])
+    for i, g in enumerate(grads):
+        if g.numel() > _CHUNKED_NUMEL and g.layout == torch.strided:
+            flat = g.reshape(-1)
+            rows = flat.numel() // _ROW
+            parts = torch.cat([
+                torch.linalg.vector_norm(flat[:rows * _ROW].view(rows, _ROW), dim=1,
+                                         dtype=torch.float32),
+                torch.linalg.vector_norm(flat[rows * _ROW:], dtype=torch.float32).reshape(1)])
+            vec[i] = torch.linalg.vector_norm(parts, dtype=torch.float64)
+    return _finite_or_wide(vec, grads)
 
 
 def stacked_norms(grads: list[torch.Tensor]) -> torch.Tensor:

@@ -100,6 +100,8 @@ class Worker(threading.Thread):
                     if item.kind == "flush":
                         self._flush_sinks()
                         item.done.set()
+                    elif item.kind == "drain":  # the steps before it are rendered
+                        item.done.set()
                     else:
                         stop = item
                 else:

@@ -24,7 +24,7 @@ import numpy as np
 
 from .mapping import ALARM, OVER, SILENT, plan_tones
 from .recording import Recording
-from .render import accent_marks, select, synth_for
+from .render import select, synth_for
 
 
 def _bins(n: int, max_columns: int) -> np.ndarray:
@@ -41,7 +41,7 @@ def decimate(recording: Recording, layers: Any = None, steps: slice | None = Non
     rows = steps if steps is not None else slice(None)
     step_ids = recording.steps[rows]
     cols = [recording.layer_names.index(n) for n in names]
-    marks = accent_marks(recording)[rows][:, cols]
+    marks = recording.accents[rows][:, cols]
     synth, mapping = synth_for(recording, **overrides)
     freqs, kinds = plan_tones(mapping, norms, missing, skipped)
     freqs = synth.clamp(freqs)

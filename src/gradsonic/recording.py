@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from ._version import __version__
+from .accents import marks_of
 from .errors import ConfigError, GradsonicError
 from .files import ExclusiveFile, FileInUseError
 from .sinks.base import Sink, StepBlock
@@ -305,9 +306,7 @@ class Recording:
     def accents(self) -> np.ndarray:
         """``[steps, voices]`` accent bits, rebuilt from the norms exactly as the run made them
         (:mod:`gradsonic.accents`; all 0 if the run had accents off)."""
-        from .render import accent_marks
-
-        return accent_marks(self)
+        return marks_of(self.norms, self.missing, self.settings.get("accents"))
 
 
 def _str_list(value: Any) -> bool:

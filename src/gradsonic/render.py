@@ -9,7 +9,6 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from .errors import ConfigError
-from .accents import AccentDetector, resolve_accents
 from .mapping import mapping_from_settings, plan_tones, resolve_mapping
 from .recording import Recording
 from .sinks.base import Sink, StepBlock
@@ -66,18 +65,6 @@ def synth_from_settings(s: dict[str, Any], **overrides: Any) -> tuple[Synth, Cal
     return Synth(**kw), mapping
 
 
-def accent_marks(recording: Recording) -> np.ndarray:
-    """The accent marks of every recorded step, rebuilt as the live run made them."""
-    rule = resolve_accents(recording.settings.get("accents"))
-    marks = np.zeros(recording.norms.shape, dtype=np.uint8)
-    if rule is not None:
-        detector = AccentDetector(rule)
-        for lo in range(0, len(recording.steps), CHUNK_STEPS):
-            hi = lo + CHUNK_STEPS
-            marks[lo:hi] = detector.mark(recording.norms[lo:hi], recording.missing[lo:hi])
-    return marks
-
-
 def frames(recording: Recording, layers: list[str] | None = None, steps: slice | None = None,
            every: int | None = None, **overrides: Any) -> Iterator[np.ndarray]:
     """Rendered frames in chunks of ``CHUNK_STEPS`` steps (constant memory for long runs).
@@ -104,7 +91,7 @@ def blocks(recording: Recording, layers: list[str] | None = None, steps: slice |
     rows = steps if steps is not None else slice(None)
     cols = np.asarray(_columns(recording, layers))
     names = [recording.layer_names[c] for c in cols]
-    marks = accent_marks(recording)[rows][:, cols]
+    marks = recording.accents[rows][:, cols]
     assert recording.voice_counts is not None
     counts = recording.voice_counts[rows]
     numbers = recording.steps[rows]

@@ -236,8 +236,14 @@ class GradientSonifier:
 
     @property
     def stats(self) -> Stats:
-        """Worker counters (steps rendered, alarms, silences); exact after :meth:`flush`."""
-        return self._worker.stats if self._worker is not None else Stats()
+        """Worker counters (steps rendered, alarms, silences), settled: reading them waits
+        until every step queued so far is rendered (the sinks are not flushed)."""
+        worker = self._worker
+        if worker is None:
+            return Stats()
+        if not self._closed and not self._inert and worker.is_alive():
+            self._command("drain")
+        return worker.stats
 
     @property
     def active(self) -> bool:
@@ -275,6 +281,7 @@ class GradientSonifier:
             return optimizer
         if not any(isinstance(h, StepHook) and h.optimizer() is real for h in self._handles):
             self._handles.append(StepHook(self, real))
+            self._tap.plan(real)  # layer_params/summary() cover it before its first step
         if scaler is not None and not any(isinstance(h, ScalerHook) and h.scaler() is scaler
                                           for h in self._handles):
             self._handles.append(ScalerHook(scaler, self))

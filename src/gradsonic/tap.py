@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import sharding
+from .sharding import Sharding
 from .errors import ConfigError, GradsonicWarning
 from .norms import (F32_MAX, PendingNorms, StepRecord, dense, flag_to_host, fused_norms,
                     resolve_block, stacked_norms, to_host, unscale)
@@ -112,7 +112,7 @@ class NormTap:
     def __init__(self, model: nn.Module, layers: Sequence[Any] | None,
                  voices: Any = DEFAULT_MAX_VOICES) -> None:
         self.model = unwrap_model(model)
-        self._sharding = sharding.Sharding(self.model)
+        self._sharding = Sharding(self.model)
         self.selection = Selection(self.model, layers)
         # Grouped over every layer that could be trained, frozen ones too: a layer unfrozen
         # later joins its group, so the voice budget holds for the whole run.
@@ -150,6 +150,11 @@ class NormTap:
         if optimizer is None:
             return list(self.model.parameters())
         return [p for group in optimizer.param_groups for p in group["params"]]
+
+    def plan(self, optimizer: Any) -> None:
+        """Plan ``optimizer``'s parameters now (when it is wrapped), so that ``voice_params``
+        and ``summary()`` describe what it updates before its first step."""
+        self._plan(optimizer)
 
     def _plan(self, optimizer: Any) -> _Plan:
         params = self._params_of(optimizer)
@@ -407,7 +412,10 @@ class NormTap:
                        f"{sum(i.param.numel() for i in missed):,} elements):")
             reasons: dict[str, list[ParamInfo]] = {}
             for i in missed:
-                reasons.setdefault(self.selection.why_not(i), []).append(i)
+                why = (self.selection.why_not(i) if self.selection.voice_of(i) is None
+                       or i.param.is_complex()
+                       else "not updated by any optimizer heard so far (wrap it, or son.step())")
+                reasons.setdefault(why, []).append(i)
             for why, items in reasons.items():
                 names = ", ".join(i.name for i in items[:6]) + (", ..." if len(items) > 6 else "")
                 out.append(f"  {names} ({sum(i.param.numel() for i in items):,} elements): {why}")

@@ -71,9 +71,14 @@ def unwrap_model(model: Any) -> nn.Module:
         raise ConfigTypeError(f"model must be a torch.nn.Module, not {type(model).__name__}")
     from torch.nn.parallel import DataParallel, DistributedDataParallel
 
-    while isinstance(model, (DataParallel, DistributedDataParallel)):
-        model = model.module  # names as in the plain model, without "module."
-    return model
+    while True:  # names as in the plain model, without "module." / "_module."
+        if isinstance(model, (DataParallel, DistributedDataParallel)):
+            model = model.module
+        elif type(model).__name__ == "GradSampleModule" and isinstance(
+                getattr(model, "_module", None), nn.Module):  # Opacus
+            model = model._module
+        else:
+            return model
 
 
 def named_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -167,9 +172,12 @@ class Selection:
                     "gradsonic reads real gradient norms only, and the model has no other "
                     "trainable parameter to listen to")
             if not self.initial:
+                frozen = bool(self.candidates)
                 raise ConfigError(
-                    f"model {type(model).__name__} has no trainable parameter other than biases; "
-                    "pass layers=[...] naming what to listen to")
+                    f"model {type(model).__name__} has no trainable parameter "
+                    + ("yet (every weight is frozen); pass layers=[...] naming the layers to hear "
+                       "once they train, or attach after unfreezing" if frozen else
+                       "other than biases; pass layers=[...] naming what to listen to"))
             return
         if isinstance(layers, (str, nn.Module, nn.Parameter)) or not isinstance(layers, Iterable):
             raise ConfigTypeError(
