@@ -66,7 +66,12 @@ def test_listed_module_without_weight():
 
 def test_model_with_no_trainable_weights():
     model = TinyMLP().requires_grad_(False)
-    with pytest.raises(ValueError, match=r"model TinyMLP has no trainable parameter other than biases"):
+    with pytest.raises(ValueError, match=r"model TinyMLP has no trainable parameter yet \(every "
+                       r"weight is frozen\); pass layers=\[...\] naming the layers to hear"):
+        GradientSonifier(model, wav=None)
+    for p in model.parameters():  # only biases train: a different advice
+        p.requires_grad_(p.dim() == 1)
+    with pytest.raises(ValueError, match=r"no trainable parameter other than biases"):
         GradientSonifier(model, wav=None)
 
 

@@ -325,9 +325,11 @@ def _header(raw: bytes, edit) -> bytes:
     (lambda raw: raw[:9], r"cut short: 9 bytes"),
     (lambda raw: raw[:40], r"cut short inside its header"),
     (lambda raw: _header(raw, lambda h: h.update(settings=None)),
-     r"header has settings None, not an object"),
-    (lambda raw: _header(raw, lambda h: h.pop("layer_names")), r"no list of voice names"),
-    (lambda raw: _header(raw, lambda h: h.update(layer_names=[])), r"no list of voice names"),
+     r"header has settings 'None', not an object"),
+    (lambda raw: _header(raw, lambda h: h.pop("layer_names")),
+     r"voice list \('layer_names'\) is not a list of names"),
+    (lambda raw: _header(raw, lambda h: h.update(layer_names=[])),
+     r"voice list \('layer_names'\) is empty"),
     (lambda raw: _header(raw, lambda h: h["settings"].update(tone_duration=1e9)),
      r"settings are not usable"),
     (lambda raw: _header(raw, lambda h: h["settings"]["mapping"].update(kind="lox")),
@@ -343,8 +345,8 @@ def test_known_corruptions_are_one_clear_error(good_recording, edit, message, ca
     Path("bad.gsr").write_bytes(edit(good_recording))
     with pytest.raises(RecordingError, match=message):
         read_recording("bad.gsr")
-    for cmd in (["info"], ["render"], ["plot"]):
-        argv = cmd + ["bad.gsr"] + (["-o", "x.out"] if cmd != ["info"] else [])
+    for cmd, out in ((["info"], []), (["render"], ["-o", "x.wav"]), (["plot"], ["-o", "x.png"])):
+        argv = cmd + ["bad.gsr"] + out
         assert main(argv) == 1
         err = capsys.readouterr().err
         assert err.startswith("error: 'bad.gsr'") and len(err.strip().splitlines()) == 1

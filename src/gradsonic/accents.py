@@ -29,6 +29,7 @@ import numpy as np
 from ._options import check_number
 from .errors import ConfigError, ConfigTypeError
 
+MAX_WINDOW = 100_000  # steps of history: ~8 bytes per voice each
 SPIKE = np.uint8(1)
 COLLAPSE = np.uint8(2)
 
@@ -47,8 +48,10 @@ class Accents:
         check_number(self.collapse_factor, "Accents.collapse_factor", high=1.0, allow_high=False)
         for name in ("window", "min_history"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"Accents.{name} must be an integer >= 1, not {value!r}")
+            if (isinstance(value, bool) or not isinstance(value, int)
+                    or not 1 <= value <= MAX_WINDOW):
+                raise ConfigError(f"Accents.{name} must be an integer in 1..{MAX_WINDOW} "
+                                  f"(steps), not {value!r}")
         if self.min_history > self.window:
             raise ConfigError(f"Accents.min_history ({self.min_history}) must not exceed "
                               f"window ({self.window})")

@@ -157,10 +157,29 @@ def resolve_mapping(mapping: Any) -> Callable[[np.ndarray], np.ndarray]:
         name = MappingName.parse(mapping, "mapping")
         return SeedMapping() if name is MappingName.SEED else LogMapping()
     if callable(mapping):
+        _probe(mapping)
         return mapping
     raise ConfigTypeError(
         f"mapping must be one of {sorted(m.value for m in MappingName)!r} or a callable "
         f"norms -> Hz, not {type(mapping).__name__} ({mapping!r})")
+
+
+def _probe(mapping: Callable[[np.ndarray], np.ndarray]) -> None:
+    """Call a custom mapping once on typical norms: one frequency per norm, or a clear error
+    now rather than audio that stops mid-run."""
+    norms = np.array([1e-3, 0.5, 1.0, 7.0], dtype=np.float64)
+    try:
+        hz = np.asarray(mapping(norms.copy()))
+    except Exception as e:
+        raise ConfigError(f"mapping {mapping!r:.80} failed on norms {norms.tolist()}: "
+                          f"{type(e).__name__}: {e}") from e
+    if hz.shape != norms.shape:
+        raise ConfigError(f"mapping {mapping!r:.80} returned shape {hz.shape} for norms of "
+                          f"shape {norms.shape}; a mapping must return one frequency (Hz) per "
+                          "norm")
+    if hz.dtype.kind not in "iuf":
+        raise ConfigError(f"mapping {mapping!r:.80} returned {hz.dtype} values; a mapping "
+                          "must return frequencies in Hz (numbers)")
 
 
 def mapping_settings(mapping: Callable[[np.ndarray], np.ndarray]) -> dict[str, Any]:

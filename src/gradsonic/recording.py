@@ -29,6 +29,7 @@ import datetime
 import json
 import os
 import struct
+import sys
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -175,15 +176,13 @@ class RecordSink(Sink):
 
     def _start(self, lock: ExclusiveFile, layer_names: tuple[str, ...]) -> None:
         """Write the header of a part with these voices into the locked, empty file."""
-        import torch
-
         self.layer_names = layer_names
         self._dtype = _row_dtype(len(self.layer_names), len(self.scalar_names))
         header = json.dumps({
             "format": "gradsonic-recording", "version": VERSION,
             "layer_names": list(self.layer_names), "scalars": list(self.scalar_names),
             "settings": self.settings,
-            "versions": {"gradsonic": __version__, "torch": torch.__version__,
+            "versions": {"gradsonic": __version__, "torch": _torch_version(),
                          "numpy": np.__version__},
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(),
             "run_id": self.run_id, "part": len(self.paths),
@@ -309,27 +308,82 @@ class Recording:
         return marks_of(self.norms, self.missing, self.settings.get("accents"))
 
 
-def _str_list(value: Any) -> bool:
-    return isinstance(value, list) and all(isinstance(v, str) for v in value)
+def _torch_version() -> str:
+    """The version of the torch that trains (imported by then; never imported here)."""
+    torch = sys.modules.get("torch")
+    return str(getattr(torch, "__version__", "unknown"))
+
+
+# What a header may hold. A file within these bounds cannot make a reader spend more than a few
+# MB or a moment on its header, whatever else it holds; anything beyond them is a RecordingError.
+MAX_HEADER_BYTES = 1 << 20  # the JSON header
+MAX_DEPTH = 6  # nesting of JSON objects/arrays (the writer's is 3)
+MAX_VOICES = 4096
+MAX_SCALARS = 256
+MAX_NAME_CHARS = 512  # a voice or scalar name
+MAX_TEXT_CHARS = 256  # created, run_id, a version string
+MAX_VERSIONS = 32
+MAX_PART = 9999
+MAX_EVERY = 1 << 31
+
+
+def _names(value: Any, most: int, empty_ok: bool) -> str | None:
+    """Why ``value`` is not a list of distinct names (None if it is one)."""
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        return "is not a list of names"
+    if not value and not empty_ok:
+        return "is empty"
+    if len(value) > most:
+        return f"has {len(value)} names, more than {most}"
+    if any(not 0 < len(v) <= MAX_NAME_CHARS for v in value):
+        return f"has a name that is empty or longer than {MAX_NAME_CHARS} characters"
+    if len(set(value)) != len(value):
+        return "names one voice twice"
+    return None
+
+
+def _depth(value: Any, limit: int) -> bool:
+    """Whether ``value`` nests at most ``limit`` levels of containers."""
+    if isinstance(value, (dict, list)):
+        if limit == 0:
+            return False
+        items = value.values() if isinstance(value, dict) else value
+        return all(_depth(v, limit - 1) for v in items)
+    return True
+
+
+def _text(value: Any) -> bool:
+    return isinstance(value, str) and len(value) <= MAX_TEXT_CHARS
 
 
 def _check_header(header: Any, p: Path) -> dict[str, Any]:
-    """The header as a dict with the fields readers use, each of the right type."""
+    """The header as a dict with the fields readers use, each of the right type and within
+    the bounds above (the documented format: docs/files.md)."""
     bad = None
     if not isinstance(header, dict):
         bad = f"is {type(header).__name__}, not an object"
-    elif not _str_list(header.get("layer_names")) or not header.get("layer_names"):
-        bad = "has no list of voice names ('layer_names')"
-    elif not _str_list(header.get("scalars", [])):
-        bad = "has a 'scalars' entry that is not a list of names"
+    elif not _depth(header, MAX_DEPTH):
+        bad = f"nests deeper than {MAX_DEPTH} levels"
+    elif header.get("format") != "gradsonic-recording" or header.get("version") != VERSION:
+        bad = (f"names format {header.get('format')!r} version {header.get('version')!r}, not "
+               f"'gradsonic-recording' version {VERSION}")
+    elif (why := _names(header.get("layer_names"), MAX_VOICES, False)) is not None:
+        bad = f"voice list ('layer_names') {why}"
+    elif (why := _names(header.get("scalars", []), MAX_SCALARS, True)) is not None:
+        bad = f"'scalars' entry {why}"
     elif not isinstance(header.get("settings", {}), dict):
-        bad = f"has settings {header.get('settings')!r}, not an object"
-    elif not isinstance(header.get("versions", {}), dict):
-        bad = "has a 'versions' entry that is not an object"
-    elif not isinstance(header.get("run_id"), (str, type(None))):
-        bad = "has a 'run_id' that is not a string"
-    elif not isinstance(header.get("part", 1), int) or isinstance(header.get("part"), bool):
-        bad = "has a 'part' that is not a number"
+        bad = f"has settings {str(header.get('settings'))[:80]!r}, not an object"
+    elif (not isinstance(header.get("versions", {}), dict)
+          or len(header.get("versions", {})) > MAX_VERSIONS
+          or not all(_text(k) and _text(v) for k, v in header.get("versions", {}).items())):
+        bad = "has a 'versions' entry that is not a short object of version strings"
+    elif header.get("run_id") is not None and not _text(header.get("run_id")):
+        bad = "has a 'run_id' that is not a short string"
+    elif header.get("created") is not None and not _text(header.get("created")):
+        bad = "has a 'created' that is not a short string"
+    elif (isinstance(header.get("part", 1), bool) or not isinstance(header.get("part", 1), int)
+          or not 1 <= header.get("part", 1) <= MAX_PART):
+        bad = f"has part {str(header.get('part'))[:20]!r}, not a number in 1..{MAX_PART}"
     if bad is not None:
         raise RecordingError(f"{str(p)!r}: the recording's header {bad} (corrupted?)")
     return header
@@ -346,10 +400,10 @@ def check_settings(settings: dict[str, Any], p: Path) -> None:
     mapping = settings.get("mapping", {"kind": "log"})
     try:
         Synth(**kw)
-        resolve_accents(settings.get("accents"))
+        resolve_accents(settings.get("accents"))  # (Accents bounds its window)
         every = settings.get("every", 1)
-        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
-            raise ConfigError(f"every is {every!r}")
+        if isinstance(every, bool) or not isinstance(every, int) or not 1 <= every <= MAX_EVERY:
+            raise ConfigError(f"every is {str(every)[:20]!r}, not in 1..{MAX_EVERY}")
         if not isinstance(mapping, dict):
             raise ConfigError(f"mapping is {mapping!r}")
         if mapping.get("kind") != "custom":
@@ -371,11 +425,17 @@ def parse_header(raw: bytes, p: Path) -> tuple[dict[str, Any], int]:
         raise RecordingError(f"{str(p)!r} is recording format version {raw[6]}; this "
                              f"gradsonic reads version {VERSION}")
     (n,) = struct.unpack("<I", raw[8:12])
+    if n > MAX_HEADER_BYTES:
+        raise RecordingError(f"{str(p)!r}: the recording's header says it is {n} bytes, more "
+                             f"than {MAX_HEADER_BYTES} (corrupted?)")
     if 12 + n > len(raw):
         raise RecordingError(f"{str(p)!r} is cut short inside its header ({len(raw) - 12} of "
                              f"{n} header bytes)")
     try:
         header = json.loads(raw[12:12 + n].decode("utf-8"))
+    except RecursionError:
+        raise RecordingError(f"{str(p)!r}: the recording's header nests too deep to be one "
+                             "(corrupted?)") from None
     except (UnicodeDecodeError, ValueError) as e:
         raise RecordingError(f"{str(p)!r}: the recording's header is not valid JSON ({e}); "
                              "corrupted?") from None
@@ -388,7 +448,7 @@ def read_header(p: Path) -> tuple[dict[str, Any], int]:
         with open(p, "rb") as f:
             raw = f.read(12)
             if len(raw) == 12 and raw[:6] == MAGIC[:6]:
-                raw += f.read(struct.unpack("<I", raw[8:12])[0])
+                raw += f.read(min(struct.unpack("<I", raw[8:12])[0], MAX_HEADER_BYTES + 1))
     except OSError as e:
         raise RecordingError(f"cannot read recording {str(p)!r}: {e}") from e
     return parse_header(raw, p)
@@ -420,6 +480,23 @@ def _read_part(p: Path) -> tuple[dict[str, Any], np.ndarray, int]:
     body = raw[size:]
     rows = np.frombuffer(body[: len(body) // dtype.itemsize * dtype.itemsize], dtype=dtype)
     return header, rows, size
+
+
+def _check_rows(p: Path, steps: np.ndarray, flags: np.ndarray,
+                parts: list[tuple[dict[str, Any], np.ndarray, int]]) -> None:
+    """Rows as a writer writes them: step numbers >= 0 that only grow, known flag bits, missing
+    bytes 0 or 1 (rows read with the wrong voice count - a header naming 5 voices over 4-voice
+    rows - fail these)."""
+    bad = None
+    if len(steps) and (steps[0] < 0 or (np.diff(steps) <= 0).any()):
+        bad = "step numbers that do not grow"
+    elif (flags & ~np.uint32(FLAG_SKIPPED)).any():
+        bad = "unknown row flags"
+    elif any(len(rows) and (rows["missing"] > 1).any() for _, rows, _ in parts):
+        bad = "missing-voice bytes other than 0 and 1"
+    if bad is not None:
+        raise RecordingError(f"{str(p)!r}: the recording's rows have {bad} (corrupted, or a "
+                             "header that does not match its rows)")
 
 
 def read_recording(path: str | os.PathLike[str]) -> Recording:
@@ -464,6 +541,7 @@ def read_recording(path: str | os.PathLike[str]) -> Recording:
         at += len(rows)
         infos.append(Part(p if i == 0 else part_path(p, i + 1), size, len(rows),
                           tuple(header["layer_names"])))
+    _check_rows(p, steps, flags, parts)
     return Recording(p, names, steps, norms, missing, (flags & FLAG_SKIPPED) > 0,
                      first.get("settings", {}), first.get("versions", {}),
                      str(first.get("created", "")),

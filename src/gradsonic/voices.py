@@ -172,7 +172,8 @@ class Selection:
                     "gradsonic reads real gradient norms only, and the model has no other "
                     "trainable parameter to listen to")
             if not self.initial:
-                frozen = bool(self.candidates)
+                frozen = bool(self.candidates) and not any(
+                    i.bias and i.param.requires_grad for i in infos)
                 raise ConfigError(
                     f"model {type(model).__name__} has no trainable parameter "
                     + ("yet (every weight is frozen); pass layers=[...] naming the layers to hear "
