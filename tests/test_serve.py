@@ -112,8 +112,8 @@ class SSE:
                     self.first_rows.append(b["first"])
                     self.rows.extend(range(b["first"], b["first"] + b["n"]))
                     self.steps.extend(np.frombuffer(base64.b64decode(b["steps"]), "<f8"))
-        except (OSError, ValueError) as e:
-            self.error = e
+        except (OSError, ValueError, AttributeError) as e:  # (http.client, chunked, closed by
+            self.error = e                                 # close() from another thread)
 
     def wait_rows(self, n, timeout=30):
         deadline = time.monotonic() + timeout
@@ -294,10 +294,10 @@ def test_off_loopback_requires_the_token_everywhere(runs):
 def test_twenty_clients_and_a_stalled_one_all_get_every_row(tmp_path, monkeypatch):
     """20 concurrent clients each get every row once, in order, while a client that never reads
     sits on its connection: its queue stays bounded (drop-oldest, counted) and nobody waits."""
-    from gradsonic import server as server_module
+    from gradsonic.server import stream as stream_module
 
-    monkeypatch.setattr(server_module, "QUEUE_BATCHES", 8)
-    monkeypatch.setattr(server_module, "STALL_SECONDS", 120.0)  # it stays connected throughout
+    monkeypatch.setattr(stream_module, "QUEUE_BATCHES", 8)
+    monkeypatch.setattr(stream_module, "STALL_SECONDS", 120.0)  # it stays connected throughout
     path = tmp_path / "run.gsr"
     voices = 64
     w = Writer(path, [f"layer{i}" for i in range(voices)])
@@ -371,7 +371,10 @@ def browser():
 
 @contextlib.contextmanager
 def page_of(browser):
-    ctx = browser.new_context(viewport={"width": 1200, "height": 720})
+    # bypass_csp: Playwright's wait_for_function evaluates strings in the page, which the
+    # server's Content-Security-Policy forbids (test_the_page_works_under_its_own_csp runs
+    # without the bypass)
+    ctx = browser.new_context(viewport={"width": 1200, "height": 720}, bypass_csp=True)
     page = ctx.new_page()
     errors: list[str] = []
     page.on("pageerror", lambda e: errors.append(str(e)))
@@ -385,6 +388,25 @@ def page_of(browser):
 def latest(page):
     text = page.get_by_test_id("latest-step").text_content()
     return int(float(text)) if text not in ("-", "") else -1
+
+
+def test_the_page_works_under_its_own_csp(runs, browser):
+    ctx = browser.new_context()
+    page = ctx.new_page()
+    console: list[str] = []
+    page.on("console", lambda m: console.append(m.text))
+    page.on("pageerror", lambda e: console.append(str(e)))
+    try:
+        with Server(runs, port=0) as srv:
+            response = page.goto(srv.url)
+            assert "frame-ancestors 'none'" in response.headers["content-security-policy"]
+            page.get_by_test_id("run").filter(has_text="job-b").click()
+            page.get_by_test_id("voice").nth(3).wait_for()
+            page.get_by_test_id("play").click()
+            page.get_by_test_id("latest-step").filter(has_text="49").wait_for()
+    finally:
+        ctx.close()
+    assert not [m for m in console if "Content Security Policy" in m or "Refused" in m], console
 
 
 def test_page_lists_runs_and_shows_a_finished_run_whole(runs, browser):

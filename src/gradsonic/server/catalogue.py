@@ -1,0 +1,183 @@
+"""The runs a server offers: every recording under its root, by id, and what is wrong with the
+ones it cannot read.
+
+A run's id is its path relative to the root (with ``/``); a request names a run only by an id
+found here, so no path from a request ever reaches the file system. Each lookup re-checks that
+the file still lies inside the root (a symlink swapped in after the listing is refused). A
+recording that cannot be read - corrupted, settings out of bounds, a later part whose first part
+is gone - is listed under ``problems`` with its reason and never affects another run.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError
+from ..files import writer_pid
+from ..follow import Tail, TailReset, b64
+from ..recording import RecordingError, read_header
+
+RUNS_SECONDS = 1.0  # how long the list of runs under the root is reused
+YOUNG_SECONDS = 5.0  # a file this new may still be getting its header: not yet a problem
+_PART = re.compile(r"^(?P<stem>.+)-(?P<n>\d{3,4})\.gsr$")
+
+
+class Catalogue:
+    """The recordings under ``root`` (a folder searched for them, or one recording)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.real_root = os.path.realpath(root)
+        self._headers: dict[Path, tuple[int, int, str | None]] = {}  # inode, part, run_id
+        self._runs: tuple[float, dict[str, Path]] | None = None
+        #: recordings under the root that cannot be read, by id -> why
+        self.problems: dict[str, str] = {}
+
+    @property
+    def name(self) -> str:
+        """What responses call the root: its name, never its absolute path."""
+        return self.root.name
+
+    def runs(self) -> dict[str, Path]:
+        """Every recording under the root, by id; later parts of a run (``run-002.gsr``) belong
+        to their first part and are not listed. Looked up again at most every
+        ``RUNS_SECONDS``."""
+        now = time.monotonic()
+        if self._runs is None or now - self._runs[0] > RUNS_SECONDS:
+            self._runs = (now, self._find())
+        return self._runs[1]
+
+    def path(self, run_id: str) -> Path | None:
+        """The file of run ``run_id``, if it is listed and (still) inside the root."""
+        p = self.runs().get(run_id)
+        if p is None or not self._inside(p):
+            return None
+        return p
+
+    def _inside(self, p: Path) -> bool:
+        real = os.path.realpath(p)
+        if self.root.suffix == ".gsr" and not self.root.is_dir():
+            return real == self.real_root
+        return os.path.commonpath([real, self.real_root]) == self.real_root
+
+    def _find(self) -> dict[str, Path]:
+        if self.root.is_file() or self.root.suffix == ".gsr":
+            return {self.root.name: self.root} if self.root.is_file() else {}
+        if not self.root.is_dir():
+            return {}  # not there yet: runs appear when the first job starts
+        found: dict[str, Path] = {}
+        for folder, dirs, files in os.walk(self.root, followlinks=False):
+            dirs.sort()
+            for name in sorted(files):
+                if not name.endswith(".gsr"):
+                    continue
+                p = Path(folder) / name
+                if not self._inside(p):
+                    continue  # a symlink leading outside the root
+                run_id = p.relative_to(self.root).as_posix()
+                if self._first_part(p, run_id):
+                    found[run_id] = p
+        return found
+
+    def _first_part(self, p: Path, run_id: str) -> bool:
+        """Whether ``p`` starts a run (part 1); a file that is not (yet) a readable recording
+        is listed among the problems once it is older than ``YOUNG_SECONDS`` (a job that just
+        started has no whole header yet: that is not a problem)."""
+        try:
+            inode = p.stat().st_ino
+            cached = self._headers.get(p)
+            if cached is None or cached[0] != inode:
+                header, _ = read_header(p)
+                cached = (inode, header.get("part", 1), header.get("run_id"))
+                self._headers[p] = cached
+            part = cached[1]
+            if part != 1 and not self._has_first(p, cached[2]):
+                raise RecordingError(f"{p.name} is part {part} of a run whose first part is "
+                                     "missing")
+            self.problems.pop(run_id, None)
+            return part == 1
+        except (RecordingError, OSError) as e:
+            self.problem(run_id, p, e)
+            return False
+
+    def _has_first(self, p: Path, run_id: str | None) -> bool:
+        hit = _PART.match(p.name)
+        if hit is None or run_id is None:
+            return False
+        first = p.with_name(f"{hit['stem']}.gsr")
+        try:
+            header, _ = read_header(first)
+        except (RecordingError, OSError):
+            return False
+        return header.get("run_id") == run_id
+
+    def problem(self, run_id: str, p: Path, e: BaseException) -> None:
+        """List ``run_id`` as unreadable (unless the file is brand new), saying why once."""
+        try:
+            young = time.time() - p.stat().st_mtime < YOUNG_SECONDS
+        except OSError:
+            young = True
+        if young:
+            return
+        why = str(e).replace(str(self.root.absolute()), self.name)
+        if self.problems.get(run_id) != why:
+            print(f"gradsonic serve: skipping {run_id}: {why}", file=sys.stderr, flush=True)
+        self.problems[run_id] = why
+
+    def listing(self) -> dict[str, Any]:
+        """``/api/runs``: the readable runs, newest first, and the problems."""
+        out = []
+        for run_id, p in self.runs().items():
+            try:
+                out.append(self.describe(run_id, p))
+            except (RecordingError, OSError, TailReset, ValueError) as e:
+                self.problem(run_id, p, e)
+        out.sort(key=lambda r: -r["modified"])
+        return {"root": self.name, "runs": out,
+                "problems": [{"id": k, "error": v} for k, v in sorted(self.problems.items())]}
+
+    def describe(self, run_id: str, path: Path) -> dict[str, Any]:
+        tail = Tail(path)
+        rows = tail.rows
+        last = tail.read(rows - 1, rows) if rows else None
+        name = run_id if self.root.is_dir() else f"{path.parent.name}/{path.name}"
+        return {"id": run_id, "name": name, "rows": rows,
+                "latest_step": int(last.steps[0]) if last is not None and len(last.steps) else None,
+                "voices": len(tail.layer_names), "writing": writer_pid(path) is not None,
+                "modified": max(p.path.stat().st_mtime for p in tail.parts)}
+
+    def meta(self, run_id: str, path: Path) -> dict[str, Any]:
+        """What the page needs to draw and synthesise a run exactly as gradsonic would."""
+        from ..mapping import LogMapping, mapping_from_settings, mapping_settings
+        from ..render import synth_from_settings
+        from ..synth import OVER_PEAK
+
+        tail = Tail(path)
+        settings = tail.settings
+        note = None
+        try:
+            mapping = mapping_from_settings(settings.get("mapping", {"kind": "log"}))
+        except ConfigError:
+            mapping = LogMapping()
+            note = ("this run used a custom mapping, which a page cannot rebuild: it plays "
+                    "with the default log mapping")
+        synth, _ = synth_from_settings(settings, mapping=mapping)
+        return {
+            "id": run_id, "layer_names": tail.layer_names, "rows": tail.rows,
+            "settings": settings, "created": tail.header.get("created"),
+            "writing": writer_pid(path) is not None,
+            "mapping": mapping_settings(mapping),
+            "mapping_note": note,
+            "synth": {"sample_rate": synth.sample_rate, "channels": synth.channels,
+                      "layout": synth.layout.value, "tone_samples": synth.tone_samples,
+                      "silence_samples": synth.silence_samples, "min_hz": synth.min_hz,
+                      "max_hz": synth.max_hz, "over_peak": OVER_PEAK,
+                      "every": int(settings.get("every") or 1),
+                      **{name: b64(table.astype("<f4"))
+                         for name, table in synth.tables().items()}},
+        }
