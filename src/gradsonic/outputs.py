@@ -135,7 +135,13 @@ class Outputs:
         if "auto" not in (self.wav, self.record):
             return
         if self.folder is None:
-            self.folder = self.made_folder = new_run_folder()
+            try:
+                self.folder = self.made_folder = new_run_folder()
+            except OSError as e:
+                raise ConfigError(
+                    f"cannot create the run folder under {os.path.abspath('gradsonic-runs')!r}: "
+                    f"{e.strerror or e}; pass run_dir= a writable folder (or wav=/record= "
+                    "paths)") from e
         elif not self.folder.exists():
             try:
                 self.folder.mkdir(parents=True)
