@@ -14,6 +14,13 @@ latency   A real training job (a child process, ~100 steps/s, printing each step
           headless Chromium: for every step, the time from its optimizer step to the page
           having it (median, p95, max). This includes the sonifier's batching (0.1 s) and the
           server's polling (0.05 s).
+load      A 1M-step, 16-voice recording under ``gradsonic serve`` (a separate process): 20 SSE
+          clients each read its whole history while a stalled client (never reads) sits on
+          its connection; meanwhile ``/api/runs`` is asked every 0.2 s. Reports the time until
+          every client holds every row, the answer times during the load, the server's RSS at
+          idle and at peak, and its CPU.
+keepalive Sequential requests on one keep-alive connection vs. a new connection each time
+          (``/api/runs``, median and p95 ms).
 """
 
 from __future__ import annotations
@@ -240,16 +247,155 @@ with GradientSonifier(model, run_dir=run_dir, quiet=True) as son:
 """
 
 
+def _rss_mb(pid: int, key: str = "VmRSS") -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(key):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def _write_rows(path: Path, steps: int, voices: int) -> None:
+    from _harness import default_settings
+
+    from gradsonic.recording import RecordSink
+    from gradsonic.sinks.base import StepBlock
+
+    sink = RecordSink(path, tuple(f"layer{i}" for i in range(voices)), default_settings())
+    sink.open(44100)
+    rng = np.random.default_rng(0)
+    for first in range(0, steps, 65536):
+        n = min(65536, steps - first)
+        norms = np.exp(rng.normal(-2, 0.5, (n, voices))).astype(np.float32)
+        sink.write_steps(None, StepBlock(first, n, 0, 0, np.zeros(n), norms,
+                                         np.zeros(norms.shape, bool), np.zeros(n, bool),
+                                         layer_names=sink.layer_names))
+    sink.close()
+
+
+def _serve(root: Path) -> tuple[subprocess.Popen, int]:
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "gradsonic.cli", "serve", str(root),
+                             "--port", str(port)], stderr=subprocess.PIPE, text=True)
+    proc.stderr.readline()
+    return proc, port
+
+
+def load(smoke: bool) -> None:
+    import http.client
+
+    steps, voices, n_clients = (20_000, 16, 4) if smoke else (1_000_000, 16, 20)
+    tmp = Path(tempfile.mkdtemp())
+    (tmp / "job").mkdir()
+    _write_rows(tmp / "job" / "run.gsr", steps, voices)
+    size_mb = (tmp / "job" / "run.gsr").stat().st_size / 2 ** 20
+    server, port = _serve(tmp)
+    time.sleep(1.0)
+    idle = _rss_mb(server.pid)
+    stalled = socket.socket()
+    stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    stalled.connect(("127.0.0.1", port))
+    stalled.sendall(b"GET /api/stream?run=job/run.gsr HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+    done: dict[int, float] = {}
+    peak = [idle]
+    t0 = time.monotonic()
+    cpu0 = _cpu_seconds(server.pid)
+
+    def client(k: int) -> None:
+        s = socket.create_connection(("127.0.0.1", port))
+        s.sendall(b"GET /api/stream?run=job/run.gsr HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        want = f"id: {steps}\n".encode()
+        tail = b""
+        while True:
+            chunk = s.recv(1 << 20)
+            if not chunk:
+                break
+            seen = tail + chunk
+            tail = seen[-64:]
+            if want in seen:
+                done[k] = time.monotonic() - t0
+                break
+        s.close()
+
+    threads = [threading.Thread(target=client, args=(k,), daemon=True) for k in range(n_clients)]
+    for t in threads:
+        t.start()
+    answers = []
+    while any(t.is_alive() for t in threads) and time.monotonic() - t0 < 600:
+        a = time.monotonic()
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        conn.request("GET", "/api/runs")
+        status = conn.getresponse().status
+        conn.close()
+        answers.append((time.monotonic() - a) * 1000)
+        assert status == 200
+        peak.append(_rss_mb(server.pid))
+        time.sleep(0.2)
+    cpu = _cpu_seconds(server.pid) - cpu0
+    wall = time.monotonic() - t0
+    stalled.close()
+    server.terminate()
+    server.wait()
+    answers.sort()
+    print(f"load: {steps:,} steps x {voices} voices ({size_mb:.0f} MB recording), {n_clients} "
+          f"SSE clients reading all of it + 1 stalled client")
+    print("| measure | value |\n| --- | --- |")
+    print(f"| every client holds every row | {len(done)}/{n_clients} clients, last after "
+          f"{max(done.values()):.1f} s (first {min(done.values()):.1f} s) |")
+    print(f"| rows delivered | {n_clients * steps / max(done.values()):,.0f} rows/s "
+          f"({n_clients * steps * voices / max(done.values()) / 1e6:.1f} M norms/s) |")
+    print(f"| `/api/runs` during the load | median {answers[len(answers) // 2]:.0f} ms, max "
+          f"{answers[-1]:.0f} ms ({len(answers)} requests) |")
+    print(f"| server RSS | idle {idle:.0f} MB, peak {max(peak):.0f} MB |")
+    print(f"| server CPU | {cpu:.1f} s over {wall:.1f} s |")
+
+
+def keepalive(smoke: bool) -> None:
+    import http.client
+
+    n = 50 if smoke else 500
+    tmp = Path(tempfile.mkdtemp())
+    (tmp / "job").mkdir()
+    _write_rows(tmp / "job" / "run.gsr", 1000, 4)
+    server, port = _serve(tmp)
+    out = {}
+    try:
+        for mode in ("keep-alive", "new connection", "keep-alive", "new connection"):
+            times = []
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+            for _ in range(n):
+                if mode == "new connection":
+                    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+                a = time.perf_counter()
+                conn.request("GET", "/api/rows?run=job/run.gsr&from=0&to=64")
+                r = conn.getresponse()
+                r.read()
+                times.append((time.perf_counter() - a) * 1000)
+                if mode == "new connection":
+                    conn.close()
+            conn.close()
+            out.setdefault(mode, []).extend(times)
+    finally:
+        server.terminate()
+        server.wait()
+    print(f"keepalive: {2 * n} requests each way, /api/rows of 64 rows")
+    print("| connection | median ms | p95 ms |\n| --- | --- | --- |")
+    for mode, times in out.items():
+        times.sort()
+        print(f"| {mode} | {times[len(times) // 2]:.2f} | {times[int(len(times) * 0.95)]:.2f} |")
+
+
 def main() -> None:
     if sys.argv[1:2] == ["_clients"]:
         clients_main(int(sys.argv[2]), sys.argv[3], int(sys.argv[4]))
         return
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("parts", nargs="*", default=["overhead", "cpu", "latency"])
+    ap.add_argument("parts", nargs="*",
+                    default=["overhead", "cpu", "latency", "load", "keepalive"])
     ap.add_argument("--smoke", action="store_true", help="a few seconds, to prove it runs")
     args = ap.parse_args()
     for part in args.parts:
-        {"overhead": overhead, "cpu": cpu, "latency": latency}[part](args.smoke)
+        {"overhead": overhead, "cpu": cpu, "latency": latency, "load": load,
+         "keepalive": keepalive}[part](args.smoke)
         print()
 
 
