@@ -211,7 +211,7 @@ def latency(smoke: bool) -> None:
             time.sleep(0.05)
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-            page = browser.new_page()
+            page = browser.new_page(bypass_csp=True)  # wait_for_function evaluates strings
             page.goto(f"http://127.0.0.1:{port}/?run=job/run.gsr")
             page.wait_for_function(f"window.gradsonic && gradsonic.store.next === {steps}",
                                    timeout=(steps / 50 + 60) * 1000)
