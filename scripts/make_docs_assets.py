@@ -55,7 +55,7 @@ def mapping_picture() -> None:
     plt.close(fig)
 
 
-def large_model(tmp: Path) -> None:
+def large_model(tmp: Path, assets: bool = True) -> None:
     """A 75-layer residual MLP (16 voices by default), one layer's gradient x10 at step 40."""
     from sound_budget import Residual
 
@@ -73,6 +73,8 @@ def large_model(tmp: Path) -> None:
                 if i == 40:
                     model.blocks[37].weight.grad.mul_(10.0)
                 opt.step()
+        if not assets:
+            continue
         name = "large-model" if layout == "sequence" else "large-model-chord"
         cli(["render", str(run / "run.gsr"), "-o", str(ASSETS / f"{name}.ogg"), "--format", "ogg",
              "-q"])
@@ -90,17 +92,31 @@ def serve_screenshot(recordings: Path) -> None:
 
     with Server(recordings, port=0) as srv, sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-        page = browser.new_page(viewport={"width": 1100, "height": 640}, bypass_csp=True)
+        page = browser.new_page(viewport={"width": 1100, "height": 900}, bypass_csp=True)
         page.goto(srv.url + "?run=large-sequence/run.gsr")
         page.wait_for_function("window.gradsonic && gradsonic.store.next === 80")
-        page.evaluate("gradsonic.seek(40)")
+        page.locator("#plot").focus()  # exploring from the keyboard: step 40, the spike
+        page.keyboard.press("Home")
+        for _ in range(4):
+            page.keyboard.press("PageUp")
         page.wait_for_timeout(300)
         page.screenshot(path=str(ASSETS / "serve.png"))
+        phone = browser.new_page(viewport={"width": 390, "height": 844}, is_mobile=True,
+                                 has_touch=True, bypass_csp=True)
+        phone.goto(srv.url + "?run=large-sequence/run.gsr")
+        phone.wait_for_function("window.gradsonic && gradsonic.store.next === 80")
+        phone.wait_for_timeout(300)
+        phone.screenshot(path=str(ASSETS / "serve-phone.png"))
         browser.close()
 
 
 def main() -> None:
     ASSETS.mkdir(parents=True, exist_ok=True)
+    if sys.argv[1:] == ["serve"]:  # only the page's screenshots
+        with tempfile.TemporaryDirectory() as tmp:
+            large_model(Path(tmp), assets=False)
+            serve_screenshot(Path(tmp))
+        return
     mapping_picture()
     with tempfile.TemporaryDirectory() as tmp:
         cli(["demo", "--steps", str(STEPS), "--record", "-q", "--out", tmp])

@@ -14,6 +14,8 @@ function api(path, extra) {
   return `api/${path}?${q}`;
 }
 
+function plural(n, word) { return `${n} ${word}${n === 1 ? "" : "s"}`; }
+
 function fmtNorm(x) { return Number.isFinite(x) ? x.toPrecision(3) : String(x); }
 
 // ---- the run list -------------------------------------------------------------------------
@@ -141,6 +143,9 @@ class RunView {
                     chunks: [], sources: [] };
     this.arrivals = [];    // [first row, last row, Date.now()] of each batch (latency checks)
     this.dirty = true;
+    this.explore = null;   // the keyboard's {row, voice} in the plot
+    this.alerts = false;   // alarm alerts (notification + sound), switched on by a click
+    this.inAlarm = false;
   }
 
   async start() {
@@ -207,26 +212,36 @@ class RunView {
     while (this.muted.length < names.length) this.muted.push(false);
     const box = $("voices");
     box.replaceChildren(...names.map((name, v) => {
-      const div = document.createElement("div");
-      div.className = "voice";
+      const li = document.createElement("li");
+      li.className = "voice";
       const sw = document.createElement("span");
       sw.className = "swatch";
-      sw.style.background = voiceColor(v);
+      sw.setAttribute("aria-hidden", "true");
+      const color = voiceColor(v);
+      sw.style.background = voiceDash(v).length
+        ? `repeating-linear-gradient(90deg, ${color} 0 5px, transparent 5px 8px)` : color;
       const label = document.createElement("span");
       label.dataset.testid = "voice";
       label.textContent = name;
       const mute = document.createElement("button");
       mute.textContent = "M"; mute.title = "mute this voice";
-      mute.className = this.muted[v] ? "on" : "";
-      mute.onclick = () => { this.muted[v] = !this.muted[v]; this.setVoices(this.store.names); };
+      mute.setAttribute("aria-label", `mute ${name}`);
+      mute.setAttribute("aria-pressed", String(this.muted[v]));
+      mute.onclick = () => { this.muted[v] = !this.muted[v]; this.setVoices(this.store.names); this.focusVoice(v, "M"); };
       const solo = document.createElement("button");
       solo.textContent = "S"; solo.title = "hear this voice alone";
-      solo.className = this.solo === v ? "on" : "";
-      solo.onclick = () => { this.solo = this.solo === v ? -1 : v; this.setVoices(this.store.names); };
-      div.append(sw, label, mute, solo);
-      return div;
+      solo.setAttribute("aria-label", `hear ${name} alone`);
+      solo.setAttribute("aria-pressed", String(this.solo === v));
+      solo.onclick = () => { this.solo = this.solo === v ? -1 : v; this.setVoices(this.store.names); this.focusVoice(v, "S"); };
+      li.append(sw, label, mute, solo);
+      return li;
     }));
     this.dirty = true;
+  }
+
+  focusVoice(v, which) {  // keep the keyboard where it was after the list is rebuilt
+    const li = $("voices").children[v];
+    if (li) li.querySelectorAll("button")[which === "M" ? 0 : 1].focus();
   }
 
   receive(b) {
@@ -256,6 +271,7 @@ class RunView {
       }
       this.pending.shift();
       this.store.add(b);
+      if (this.alerts) this.alertOn(b);
       this.arrivals.push([b.first, b.first + b.n - 1, Date.now()]);
       if (this.arrivals.length > 10000) this.arrivals.splice(0, 5000);
       $("latest-step").textContent = String(b.steps[b.n - 1]);
@@ -270,7 +286,7 @@ class RunView {
       (this.writing ? ", training now" : ", finished") +
       (this.serverDropped ? `, ${this.serverDropped} re-fetched after a slow link` : "") +
       (p.dropped ? `, ${p.dropped} steps not played (${$("policy").value})` : "");
-    $("live").classList.toggle("on", p.live);
+    $("live").setAttribute("aria-pressed", String(p.live));
     $("play").textContent = p.playing ? "Pause" : "Play";
   }
 
@@ -284,10 +300,138 @@ class RunView {
         const rect = e.target.getBoundingClientRect();
         const row = Math.floor((e.clientX - rect.left) / rect.width * this.store.next);
         this.seek(Math.max(0, Math.min(row, this.store.next - 1)), true);
+        this.explore = null;
       };
       $(id).onmousemove = (e) => this.hover(e, id === "strip");
     }
     window.addEventListener("resize", () => { this.dirty = true; });
+    $("plot").addEventListener("keydown", (e) => this.key(e));
+    $("plot").addEventListener("focus", () => {
+      if (this.explore === null && this.store.next) this.move(this.player.shown ?? this.store.next - 1, 0, false);
+    });
+    $("notify").onclick = () => this.toggleAlerts();
+  }
+
+  // ---- the keyboard and screen readers ----
+
+  key(e) {
+    const N = this.store.next, V = this.store.names.length;
+    if (!N) return;
+    const at = this.explore ?? { row: this.player.shown ?? N - 1, voice: 0 };
+    const moves = { ArrowLeft: [-1, 0], ArrowRight: [1, 0], PageUp: [10, 0], PageDown: [-10, 0],
+                    ArrowUp: [0, -1], ArrowDown: [0, 1] };
+    if (e.key === " " || e.key === "Spacebar") {
+      e.preventDefault();
+      this.togglePlay();
+      this.announce(this.player.playing ? `playing from step ${this.store.step(this.player.cursor) ?? ""}` : "paused");
+      return;
+    }
+    let row = at.row, voice = at.voice;
+    if (e.key === "Home") row = 0;
+    else if (e.key === "End") row = N - 1;
+    else if (moves[e.key]) { row += moves[e.key][0]; voice += moves[e.key][1]; }
+    else return;
+    e.preventDefault();
+    this.move(Math.max(0, Math.min(N - 1, row)), Math.max(0, Math.min(V - 1, voice)),
+      true, moves[e.key] && moves[e.key][1] !== 0);
+  }
+
+  // Put the exploring cursor on (row, voice), play that step (or only that voice's tone, when
+  // the voice changed) and say what is there.
+  move(row, voice, play, voiceOnly = false) {
+    const p = this.player;
+    this.explore = { row, voice };
+    if (p.playing) this.togglePlay();
+    p.live = false; p.cursor = row; p.shown = row;
+    this.lastCursor = null;
+    if (play) this.playStep(row, voiceOnly ? voice : -1);
+    this.announce(this.describeRow(row, voice));
+    this.showStatus();
+  }
+
+  describeRow(row, voice) {
+    const { b, j } = this.store.find(row);
+    const name = this.store.names[voice] ?? `voice ${voice + 1}`;
+    let text = `step ${b.steps[j]}, ${name} `;
+    if (voice >= b.V) return text + "not yet a voice";
+    const x = b.norms[j * b.V + voice], bits = b.bits[j * b.V + voice];
+    if (bits & G.MISSING_BIT) text += "no gradient";
+    else if (!Number.isFinite(x)) text += `${x}, alarm: NaN/Inf gradient`;
+    else text += fmtNorm(x);
+    if (bits & G.SPIKE_BIT) text += ", spike";
+    if (bits & G.COLLAPSE_BIT) text += ", collapse";
+    if (b.skipped[j]) text += ", step skipped by the optimizer (alarm)";
+    else if (isAlarm(b, j) && Number.isFinite(x)) text += ", alarm on another voice";
+    return text;
+  }
+
+  announce(text) { $("announce").textContent = text; }
+
+  ensureAudio() {
+    const p = this.player;
+    if (!p.ctx) {
+      try { p.ctx = new AudioContext({ sampleRate: this.synth.rate }); }
+      catch (e) { p.ctx = new AudioContext(); }  // the browser resamples
+    }
+    p.ctx.resume();
+    return p.ctx;
+  }
+
+  playStep(row, voice) {  // one step now, or one voice's tone of it (voice >= 0)
+    const p = this.player;
+    this.ensureAudio();
+    this.cancel();
+    const solo = this.solo;
+    if (voice >= 0) this.solo = voice;
+    try { this.schedule(row, row + 1); } finally { this.solo = solo; }
+  }
+
+  // ---- alarm alerts ----
+
+  async toggleAlerts() {
+    this.alerts = !this.alerts;
+    $("notify").setAttribute("aria-pressed", String(this.alerts));
+    if (this.alerts) {
+      this.ensureAudio();  // a click: the browser lets this page make sound from now on
+      if ("Notification" in window && Notification.permission === "default") {
+        try { await Notification.requestPermission(); } catch (e) { /* refused: the sound stays */ }
+      }
+    }
+    this.announce(this.alerts ? "alarm alerts on" : "alarm alerts off");
+  }
+
+  // New rows with an alarm: a notification while the tab is hidden, and a sound unless the run
+  // is playing anyway (one alert per stretch of alarm steps).
+  alertOn(b) {
+    for (let j = 0; j < b.n; j++) {
+      const alarm = isAlarm(b, j);
+      if (alarm && !this.inAlarm) {
+        const step = b.steps[j], voices = [];
+        for (let v = 0; v < b.V; v++) {
+          if (!(b.bits[j * b.V + v] & G.MISSING_BIT) && !Number.isFinite(b.norms[j * b.V + v])) voices.push(this.store.names[v]);
+        }
+        const body = `step ${step}: ` + (b.skipped[j] ? "skipped by the optimizer" : `NaN/Inf gradient in ${voices.join(", ")}`);
+        this.alertsSent = (this.alertsSent || 0) + 1;
+        if (document.hidden && "Notification" in window && Notification.permission === "granted") {
+          try { new Notification(`gradsonic: alarm in ${this.runId}`, { body, tag: `gradsonic-${this.runId}` }); }
+          catch (e) { /* some browsers only notify from a service worker */ }
+        }
+        if (!this.player.playing) this.cue();
+        this.announce(`alarm: ${body}`);
+      }
+      this.inAlarm = alarm;
+    }
+  }
+
+  cue() {  // the alarm's noise burst, three times, louder than any tone
+    const ctx = this.ensureAudio(), s = this.synth, alarm = s.alarm, gap = alarm.length;
+    const buf = ctx.createBuffer(1, 6 * gap, s.rate), data = buf.getChannelData(0);
+    for (let k = 0; k < 3; k++) for (let i = 0; i < gap; i++) data[2 * k * gap + i] = Math.max(-1, Math.min(1, 3 * alarm[i]));
+    const src = ctx.createBufferSource();
+    src.buffer = buf;
+    src.connect(ctx.destination);
+    src.start();
+    this.cues = (this.cues || 0) + 1;
   }
 
   // The start of the next stretch of steps matching `test` (a NaN run is one alarm, not one per
@@ -323,10 +467,7 @@ class RunView {
 
   togglePlay() {
     const p = this.player;
-    if (!p.ctx) {
-      try { p.ctx = new AudioContext({ sampleRate: this.synth.rate }); }
-      catch (e) { p.ctx = new AudioContext(); }  // the browser resamples
-    }
+    this.ensureAudio();
     p.playing = !p.playing;
     if (p.playing) { p.ctx.resume(); if (p.live) p.cursor = Math.max(0, this.store.next - 1); }
     else this.cancel();
@@ -433,6 +574,8 @@ class RunView {
   columns(W) {
     const store = this.store, N = store.next, V = store.names.length;
     const cols = Math.min(W, N), out = [];
+    this.counts = { alarms: 0, accents: 0, firstAlarm: null, firstAccent: null, lo: Infinity, hi: -Infinity };
+    const counts = this.counts;
     for (let c = 0; c < cols; c++) {
       const r0 = Math.floor(c * N / cols), r1 = Math.max(r0 + 1, Math.floor((c + 1) * N / cols));
       const col = { r0, r1, alarm: false, accent: false, mn: new Float64Array(V).fill(Infinity),
@@ -441,14 +584,22 @@ class RunView {
       for (let i = r0; i < r1; i++) {
         const { b, j } = store.find(i);
         last = [b, j];
-        if (isAlarm(b, j)) col.alarm = true;
-        if (isAccent(b, j)) col.accent = true;
+        if (isAlarm(b, j)) {
+          col.alarm = true; counts.alarms++;
+          if (counts.firstAlarm === null) counts.firstAlarm = b.steps[j];
+        }
+        if (isAccent(b, j)) {
+          col.accent = true; counts.accents++;
+          if (counts.firstAccent === null) counts.firstAccent = b.steps[j];
+        }
         for (let v = 0; v < b.V; v++) {
           const x = b.norms[j * b.V + v];
           if (x > 0 && Number.isFinite(x)) {
             const l = Math.log10(x);
             if (l < col.mn[v]) col.mn[v] = l;
             if (l > col.mx[v]) col.mx[v] = l;
+            if (x < counts.lo) counts.lo = x;
+            if (x > counts.hi) counts.hi = x;
           }
         }
       }
@@ -465,6 +616,8 @@ class RunView {
 
   draw() {
     const store = this.store, N = store.next, V = store.names.length;
+    const stripCss = `${Math.max(80, 14 * V)}px`;  // room to label every row
+    if ($("strip").style.height !== stripCss) $("strip").style.height = stripCss;
     const plot = fit($("plot")), strip = fit($("strip"));
     const ctx = plot.getContext("2d", { willReadFrequently: true });
     const sctx = strip.getContext("2d", { willReadFrequently: true });
@@ -487,14 +640,15 @@ class RunView {
     const margin = 0.05 * (hi - lo);
     lo -= margin; hi += margin;
     const y = (l) => pad + (H - 2 * pad) * (1 - (Math.min(Math.max(l, lo), hi) - lo) / (hi - lo));
-    ctx.font = `${Math.round(11 * dpr)}px sans-serif`;
-    for (let d = Math.ceil(lo); d <= Math.floor(hi); d++) {  // a line per decade
+    const font = Math.round(11 * dpr);
+    ctx.font = `${font}px sans-serif`;
+    for (let d = Math.ceil(lo); d <= Math.floor(hi); d++) {  // a line per decade (labels on top, below)
       ctx.fillStyle = "#2a2a2a"; ctx.fillRect(0, Math.round(y(d)), W, 1);
-      ctx.fillStyle = "#777"; ctx.fillText(`1e${d}`, 4, y(d) - 2);
     }
     const colW = W / cols.length, rowH = strip.height / Math.max(V, 1);
-    const prev = new Array(V).fill(null);
+    const prev = new Array(V).fill(null), ends = new Array(V).fill(null);
     const heard = [];
+    const edges = [];  // [x, top?, voice] of values beyond the plotted range
     cols.forEach((col, c) => {
       const x0 = c * colW, w = Math.max(colW, 1);
       if (col.alarm) { ctx.fillStyle = "rgba(255,40,40,0.45)"; ctx.fillRect(x0, 0, w, H); }
@@ -502,40 +656,105 @@ class RunView {
         if (col.mn[v] === Infinity) { prev[v] = null; continue; }
         const y1 = y(col.mx[v]), y0 = y(col.mn[v]), mid = 0.5 * (y0 + y1);
         ctx.strokeStyle = ctx.fillStyle = voiceColor(v);
+        ctx.lineWidth = Math.max(1, dpr);
+        ctx.setLineDash(voiceDash(v).map((d) => d * dpr));
         ctx.fillRect(x0, y1 - 0.5, w, Math.max(1, y0 - y1 + 1));
         if (prev[v] !== null) {  // joined to the previous column: a curve, not dots
           ctx.beginPath(); ctx.moveTo(prev[v][0], prev[v][1]); ctx.lineTo(x0 + colW / 2, mid); ctx.stroke();
         }
         prev[v] = [x0 + colW / 2, mid];
+        ends[v] = prev[v];
+        if (col.mx[v] > hi) edges.push([x0 + colW / 2, true, v]);
+        if (col.mn[v] < lo) edges.push([x0 + colW / 2, false, v]);
       }
+      ctx.setLineDash([]);
       if (col.accent) { ctx.fillStyle = "#ffd23f"; ctx.fillRect(x0, 0, w, 4 * dpr); }
       for (let v = 0; v < col.V; v++) if (col.kinds[v] === G.TONE) heard.push(col.freqs[v]);
     });
-    // the pitch strip: colour = pitch as heard, blue (the lowest heard) to red (the highest);
-    // white = above the mapping's band, slate = below it (a vanishing gradient), red = alarm
+    // values beyond the range: a white triangle at that edge (a run to 1e29 does not squash the rest)
+    const tri = 5 * dpr;
+    let lastEdge = -Infinity;
+    ctx.fillStyle = "#fff";
+    for (const [x, top] of edges) {
+      if (Math.abs(x - lastEdge) < tri && edges.length > W / tri) continue;
+      lastEdge = x;
+      const yy = top ? 1 : H - 1, dir = top ? 1 : -1;
+      ctx.beginPath(); ctx.moveTo(x, yy); ctx.lineTo(x - tri / 2, yy + dir * tri); ctx.lineTo(x + tri / 2, yy + dir * tri); ctx.fill();
+    }
+    // the decade labels, on top of the curves
+    for (let d = Math.ceil(lo); d <= Math.floor(hi); d++) {
+      const text = `1e${d}`, tw = ctx.measureText(text).width;
+      ctx.fillStyle = "rgba(17,17,17,0.8)"; ctx.fillRect(2, y(d) - font - 1, tw + 4, font + 2);
+      ctx.fillStyle = "#bbb"; ctx.fillText(text, 4, y(d) - 2);
+    }
+    // each voice named at the end of its curve (names nudged apart)
+    const labels = ends.map((e, v) => e && [e[1], v]).filter(Boolean).sort((a, b) => a[0] - b[0]);
+    let lastY = -Infinity;
+    for (const label of labels) { label[0] = Math.max(label[0], lastY + font + 2); lastY = label[0]; }
+    let limit = H - 2 * font - 6;  // above the step numbers at the bottom
+    for (let k = labels.length - 1; k >= 0; k--) { labels[k][0] = Math.min(labels[k][0], limit); limit = labels[k][0] - font - 2; }
+    for (const [ly, v] of labels) {
+      const text = store.names[v], tw = ctx.measureText(text).width;
+      const x = Math.max(0, W - tw - 8), yy = Math.min(H - 4, ly + font / 2);
+      ctx.fillStyle = "rgba(17,17,17,0.75)"; ctx.fillRect(x - 2, yy - font, tw + 4, font + 3);
+      ctx.fillStyle = voiceColor(v); ctx.fillText(text, x, yy);
+    }
+    // the pitch strip: colour = pitch as heard on a perceptually uniform, colour-blind-safe scale
+    // (viridis: dark purple the lowest heard, yellow the highest); white = above the mapping's
+    // band, slate = below it (a vanishing gradient), red = alarm, black = silent
     const [bandLo] = this.mapping.band;
     heard.sort((a, b) => a - b);  // colours over most of what is heard (2nd..98th percentile)
     const fLo = heard.length ? heard[Math.floor(0.02 * (heard.length - 1))] : bandLo;
     const fHi = heard.length ? heard[Math.ceil(0.98 * (heard.length - 1))] : bandLo;
     const lf = Math.log(fLo), span = Math.max(Math.log(fHi) - lf, Math.log(2) / 2);
-    const hue = (f) => Math.round(240 - 240 * Math.min(1, Math.max(0, (Math.log(f) - lf) / span)));
+    const level = (f) => Math.min(1, Math.max(0, (Math.log(f) - lf) / span));
     cols.forEach((col, c) => {
       for (let v = 0; v < col.V; v++) {
         const k = col.kinds[v], f = col.freqs[v];
         let color = "#000";
         if (k === G.ALARM) color = "#ff2828";
         else if (k === G.OVER) color = f <= bandLo ? "#4a5170" : "#ffffff";
-        else if (k === G.TONE) color = `hsl(${hue(f)},85%,55%)`;
+        else if (k === G.TONE) color = viridis(level(f));
         sctx.fillStyle = color;
         sctx.fillRect(c * colW, v * rowH, Math.max(colW, 1), Math.max(rowH - (rowH > 3 ? 1 : 0), 1));
       }
     });
+    if (rowH >= 9 * dpr) {  // each row labelled with its voice
+      const sf = Math.min(font, Math.floor(rowH - 2));
+      sctx.font = `${sf}px sans-serif`;
+      for (let v = 0; v < V; v++) {
+        const text = store.names[v], tw = sctx.measureText(text).width;
+        sctx.fillStyle = "rgba(17,17,17,0.75)"; sctx.fillRect(0, v * rowH, tw + 6, rowH - 1);
+        sctx.fillStyle = "#ddd"; sctx.fillText(text, 3, v * rowH + rowH / 2 + sf / 3);
+      }
+    }
+    $("strip").setAttribute("aria-label", `pitch strip, one row per voice: ${store.names.join(", ")}`);
+    this.summarise();
     ctx.fillStyle = "#aaa";
     const first = `step ${store.step(0)}`, last = `step ${store.step(N - 1)}`;
     ctx.fillText(first, 4, H - 4);
     ctx.fillText(last, W - ctx.measureText(last).width - 4, H - 4);
     this.cursorCache = { plot: ctx.getImageData(0, 0, W, H), strip: sctx.getImageData(0, 0, strip.width, strip.height) };
     this.lastCursor = null;
+  }
+
+  // The run in words, for screen readers and anyone: voices, range, alarms, accents, latest.
+  summarise() {
+    const store = this.store, N = store.next, c = this.counts;
+    if (!N || !c) return;
+    const { b, j } = store.find(N - 1);
+    const latest = store.names.slice(0, b.V).map((name, v) => {
+      const x = b.norms[j * b.V + v];
+      return `${name} ${b.bits[j * b.V + v] & G.MISSING_BIT ? "no gradient" : fmtNorm(x)}`;
+    });
+    $("summary").textContent = [
+      `${store.names.length} voices: ${store.names.join(", ")}.`,
+      `${N} steps (${store.step(0)} to ${store.step(N - 1)}), ${this.writing ? "training now" : "finished"}.`,
+      Number.isFinite(c.lo) ? `Norms from ${fmtNorm(c.lo)} to ${fmtNorm(c.hi)}.` : "No finite norm yet.",
+      c.alarms ? `${plural(c.alarms, "step")} with a NaN/Inf alarm, the first at step ${c.firstAlarm}.` : "No NaN/Inf alarm.",
+      c.accents ? `${plural(c.accents, "step")} with a spike or collapse, the first at step ${c.firstAccent}.` : "No spike or collapse.",
+      `Latest, step ${b.steps[j]}: ${latest.join(", ")}.`,
+    ].join("\n");
   }
 
   // What is under the mouse: the step, and on the strip the voice and its norm.
@@ -558,7 +777,8 @@ class RunView {
   }
 
   drawCursor() {
-    const row = this.playingRow();
+    let row = this.playingRow();
+    if (this.player.live && !this.player.playing && this.store.next) row = this.store.next - 1;
     if (row === null || !this.cursorCache || row === this.lastCursor) return;
     this.lastCursor = row;
     const N = this.store.next;
@@ -592,8 +812,21 @@ class RunView {
   }
 }
 
-// Neighbouring voices get far-apart hues (the golden angle), the first and last too.
-function voiceColor(v) { return `hsl(${Math.round((v * 137.508) % 360)},70%,62%)`; }
+// Voices: the Okabe-Ito palette (distinct for every kind of colour vision; black made light
+// grey for the dark page), solid for the first 8 voices and dashed for the next 8 - and each
+// curve is named at its end, so colour is never the only cue.
+const PALETTE = ["#E69F00", "#56B4E9", "#009E73", "#F0E442", "#0072B2", "#D55E00", "#CC79A7", "#BBBBBB"];
+function voiceColor(v) { return PALETTE[v % PALETTE.length]; }
+function voiceDash(v) { return Math.floor(v / PALETTE.length) % 2 ? [6, 3] : []; }
+
+// viridis, 9 stops (perceptually uniform, colour-blind safe), interpolated
+const VIRIDIS = [[68, 1, 84], [71, 44, 122], [59, 81, 139], [44, 113, 142], [33, 144, 141],
+                 [39, 173, 129], [92, 200, 99], [170, 220, 50], [253, 231, 37]];
+function viridis(t) {
+  const x = Math.min(1, Math.max(0, t)) * (VIRIDIS.length - 1), i = Math.min(VIRIDIS.length - 2, Math.floor(x)), f = x - i;
+  const c = VIRIDIS[i].map((a, k) => Math.round(a + f * (VIRIDIS[i + 1][k] - a)));
+  return `rgb(${c[0]},${c[1]},${c[2]})`;
+}
 
 function fit(canvas) {
   const dpr = window.devicePixelRatio || 1;
@@ -609,6 +842,7 @@ if (runId === null) {
   showRuns();
 } else {
   $("run-view").hidden = false;
+  if (window.matchMedia("(max-width: 480px)").matches) $("voices-box").open = false;  // the plot first
   const view = new RunView(runId);
   window.gradsonic = view;
   view.start();
