@@ -329,3 +329,111 @@ def test_a_mapping_of_the_wrong_shape_and_a_huge_accent_window_are_refused_at_on
         GradientSonifier(TinyMLP(), wav=None, mapping=lambda n: np.array([1.0, 2.0]))
     with pytest.raises(ConfigError, match=r"Accents.window must be an integer in 1..100000"):
         Accents(window=10 ** 9)
+
+
+# ---- found by a fault probe of the server ------------------------------------------------------
+
+
+def big_run(path: Path, rows: int = 400_000, value: float | None = None) -> None:
+    """A run larger than the sockets' buffers, so most of it is read after a change."""
+    w = Writer(path, ["a", "b"])
+    norms = noisy(rows, 2) if value is None else np.full((rows, 2), value, np.float32)
+    w.write(norms)
+    w.close()
+
+
+def stream_after(srv, run: str, change) -> list[float]:
+    """Open a stream, take its first bytes, ``change()`` the files, then read the rest."""
+    import base64
+
+    s = socket.create_connection(("127.0.0.1", srv.port), timeout=30)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+    s.sendall(f"GET /api/stream?run={run} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
+    data = s.recv(4096)
+    change()
+    s.settimeout(60)
+    try:
+        while b"event: reset" not in data[-4096:] and b"event: bye" not in data[-4096:]:
+            chunk = s.recv(1 << 20)
+            if not chunk:
+                break
+            data += chunk
+    except socket.timeout:
+        pass
+    s.close()
+    norms: list[float] = []
+    for line in data.split(b"\n"):
+        if line.startswith(b'data: {"first"'):
+            try:
+                norms.extend(np.frombuffer(base64.b64decode(json.loads(line[6:])["norms"]), "<f4"))
+            except ValueError:
+                pass  # (a line cut by the chunked framing)
+    return norms
+
+
+def test_a_symlink_swapped_in_during_a_stream_never_leaks_the_outside_file(tmp_path, capfd):
+    root = tmp_path / "runs"
+    (root / "big").mkdir(parents=True)
+    big_run(root / "big" / "run.gsr")
+    big_run(tmp_path / "evil.gsr", value=777.0)
+
+    def swap():
+        os.symlink(tmp_path / "evil.gsr", root / "big" / "tmp.lnk")
+        os.replace(root / "big" / "tmp.lnk", root / "big" / "run.gsr")
+
+    with Server(root, port=0) as srv:
+        norms = stream_after(srv, "big/run.gsr", swap)
+        assert norms and 777.0 not in norms
+        status, body = get(srv.port, "/api/rows?run=big/run.gsr&from=0&to=10")
+        assert status == 404 and b"777" not in body
+    assert "Traceback" not in capfd.readouterr().err
+
+
+@pytest.mark.parametrize("change", ["remove", "truncate"])
+def test_a_run_removed_or_cut_back_mid_stream_ends_it_without_made_up_rows(tmp_path, capfd,
+                                                                           change):
+    root = tmp_path / "runs"
+    (root / "big").mkdir(parents=True)
+    path = root / "big" / "run.gsr"
+    big_run(path, value=0.5)
+
+    def act():
+        if change == "remove":
+            path.rename(tmp_path / "moved.gsr")
+        else:
+            with open(path, "r+b") as f:
+                f.truncate(path.stat().st_size // 10)
+
+    with Server(root, port=0) as srv:
+        norms = stream_after(srv, "big/run.gsr", act)
+        assert norms and set(np.unique(norms)) == {np.float32(0.5)}  # no NaN rows made up
+        assert get(srv.port, "/api/runs")[0] == 200
+    assert "Traceback" not in capfd.readouterr().err
+
+
+def test_bad_rows_and_bad_settings_are_problems_said_once_without_the_absolute_path(good, tmp_path,
+                                                                                  capfd):
+    root = tmp_path / "runs"
+    raw = good.read_bytes()
+    n = struct.unpack("<I", raw[8:12])[0]
+    rows = bytearray(raw)
+    rows[12 + n:12 + n + 8] = struct.pack("<q", 10 ** 6)  # the first step after the later ones
+    for name, data in (("rows", bytes(rows)),
+                       ("nan", with_header(raw, lambda h: h["settings"].update(extra="NaN")
+                                           ) .replace(b'"NaN"', b"NaN"))):
+        (root / name).mkdir(parents=True)
+        old_file = root / name / "run.gsr"
+        old_file.write_bytes(data)
+        old(old_file)
+    with Server(root, port=0) as srv:
+        for _ in range(3):
+            listing = json.loads(get(srv.port, "/api/runs")[1])
+            srv.catalogue._runs = None  # look again, as a second later
+        problems = {p["id"]: p["error"] for p in listing["problems"]}
+        assert "step numbers that do not grow" in problems["rows/run.gsr"]
+        assert "NaN is not a JSON number" in problems["nan/run.gsr"]
+        assert listing["runs"] == []
+        for body in (get(srv.port, "/api/run?run=rows/run.gsr")[1], json.dumps(listing).encode()):
+            assert str(tmp_path).encode() not in body
+    err = capfd.readouterr().err
+    assert err.count("skipping rows/run.gsr") == 1 and err.count("skipping nan/run.gsr") == 1

@@ -326,9 +326,11 @@ def test_a_trained_deepcopy_is_heard_under_the_models_names_with_one_warning():
     copy_ = copy.deepcopy(model)
     records = []
     with GradientSonifier(model, wav=None, on_step=records.append) as son:
-        opt = son.wrap(torch.optim.SGD(copy_.parameters(), lr=0.1))
-        x = torch.randn(6, 8)
         with pytest.warns(GradsonicWarning, match=r"6 parameter\(s\) that are not in the model"):
+            opt = son.wrap(torch.optim.SGD(copy_.parameters(), lr=0.1))  # (planned at wrap)
+        x = torch.randn(6, 8)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", GradsonicWarning)  # no second warning
             opt.zero_grad()
             copy_(x).pow(2).mean().backward()
             expected = [copy_.fc1.weight.grad.norm(), copy_.fc2.weight.grad.norm(),

@@ -169,8 +169,9 @@ def _cmd_render(args: argparse.Namespace) -> int:
     steps = _steps_slice(args.steps)
     n = len(select(rec, args.layers, steps)[0])
     if not n:
-        raise GradsonicError(f"--steps {args.steps} selects none of the {len(rec.steps)} "
-                             "recorded steps; nothing to render")
+        raise GradsonicError(
+            f"--steps {args.steps} selects none of the {len(rec.steps)} recorded steps; nothing "
+            "to render" if args.steps else f"{args.run!r} holds no step yet; nothing to render")
     update, close = _progress(n, "render", args.quiet)
     try:
         frames = render_to_file(rec, args.output, fmt=fmt, progress=update,

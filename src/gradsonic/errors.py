@@ -25,3 +25,16 @@ class SinkError(GradsonicError, RuntimeError):
 
 class GradsonicWarning(UserWarning):
     """Soft problems: a failed sink, a worker error reported on the training thread."""
+
+
+def user_stacklevel() -> int:
+    """The ``stacklevel`` that makes a warning point at the first caller outside gradsonic
+    (the user's line), however deep inside the package it is raised."""
+    import os
+    import sys
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    frame, level = sys._getframe(1), 1
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(here):
+        frame, level = frame.f_back, level + 1
+    return level

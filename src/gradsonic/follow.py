@@ -21,7 +21,7 @@ import base64
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -47,6 +47,7 @@ class _Part:
     start: int  # index of its first row in the whole run
     rows: int = 0
     inode: int = 0
+    fd: int = -1  # opened once: rows are read from this file, whatever the path points to later
 
     @property
     def voices(self) -> int:
@@ -66,16 +67,60 @@ class Rows:
 
 
 class Tail:
-    """One recording followed as it grows (see the module docstring)."""
+    """One recording followed as it grows (see the module docstring).
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    Each part is opened once and read through that descriptor, so a path swapped for a symlink
+    (or removed) later does not change what is read. ``guard``, if given, is called with the
+    real path of each part as opened and must return True (the server: "inside the served
+    folder"); otherwise the part is refused with a :class:`RecordingError`. Rows read are
+    checked as a writer writes them (growing steps, known flags). Close it when done (or use
+    ``with``).
+    """
+
+    def __init__(self, path: str | os.PathLike[str],
+                 guard: Callable[[str], bool] | None = None) -> None:
         self.path = Path(path)
-        header, size = read_header(self.path)
-        check_settings(header.get("settings", {}), self.path)
+        self.guard = guard
+        self.parts: list[_Part] = []
+        fd = self._open(self.path)
+        try:
+            header, size = read_header(self.path, fd)
+            check_settings(header.get("settings", {}), self.path)
+        except BaseException:
+            os.close(fd)
+            raise
         self.parts = [_Part(self.path, header, size, row_dtype(header), 0,
-                            inode=self.path.stat().st_ino)]
+                            inode=os.fstat(fd).st_ino, fd=fd)]
         self.accents = resolve_accents(header.get("settings", {}).get("accents"))
         self.refresh()
+
+    def _open(self, path: Path) -> int:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        if self.guard is not None:
+            real = os.path.realpath(f"/proc/self/fd/{fd}") if os.path.isdir("/proc/self/fd") \
+                else os.path.realpath(path)
+            if not self.guard(real):
+                os.close(fd)
+                raise RecordingError(f"{path.name} does not lie inside the served folder")
+        return fd
+
+    def close(self) -> None:
+        for part in self.parts:
+            if part.fd >= 0:
+                os.close(part.fd)
+                part.fd = -1
+
+    def __enter__(self) -> "Tail":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass
 
     @property
     def header(self) -> dict[str, Any]:
@@ -100,9 +145,10 @@ class Tail:
         for part in self.parts:
             try:
                 st = part.path.stat()
+                size = os.fstat(part.fd).st_size
             except OSError as e:
-                raise TailReset(f"{str(part.path)!r} is gone ({e})") from None
-            rows = (st.st_size - part.header_bytes) // part.dtype.itemsize
+                raise TailReset(f"{part.path.name} is gone ({e})") from None
+            rows = (size - part.header_bytes) // part.dtype.itemsize
             if st.st_ino != part.inode or rows < part.rows:
                 raise TailReset(f"{str(part.path)!r} was cut back or replaced")
             if part is not self.parts[-1] and rows != part.rows:
@@ -111,15 +157,22 @@ class Tail:
         while self.header.get("run_id"):
             nxt = part_path(self.path, len(self.parts) + 1)
             try:
-                header, size = read_header(nxt)
-                inode = nxt.stat().st_ino
+                fd = self._open(nxt)
             except (RecordingError, OSError):
-                break  # not there, or its header is not whole yet
+                break  # not there (or outside the folder)
+            try:
+                header, size = read_header(nxt, fd)
+                inode = os.fstat(fd).st_ino
+            except (RecordingError, OSError):
+                os.close(fd)
+                break  # its header is not whole yet
             if not continues(self.header, self.parts[-1].header, header, len(self.parts) + 1):
+                os.close(fd)
                 break
             last = self.parts[-1]
-            part = _Part(nxt, header, size, row_dtype(header), last.start + last.rows, inode=inode)
-            part.rows = max(0, (nxt.stat().st_size - size) // part.dtype.itemsize)
+            part = _Part(nxt, header, size, row_dtype(header), last.start + last.rows,
+                         inode=inode, fd=fd)
+            part.rows = max(0, (os.fstat(fd).st_size - size) // part.dtype.itemsize)
             self.parts.append(part)
         return self.rows
 
@@ -142,10 +195,12 @@ class Tail:
             part = self.parts[self._part_at(row)]
             end = min(hi, part.start + part.rows)
             size = part.dtype.itemsize
-            with open(part.path, "rb") as f:
-                f.seek(part.header_bytes + (row - part.start) * size)
-                data = f.read((end - row) * size)
-            got = np.frombuffer(data[: len(data) // size * size], dtype=part.dtype)
+            want = (end - row) * size
+            data = os.pread(part.fd, want, part.header_bytes + (row - part.start) * size)
+            if len(data) < want:  # cut back since the last refresh (a resume): start again
+                raise TailReset(f"{part.path.name} was cut back")
+            got = np.frombuffer(data, dtype=part.dtype)
+            _check(got, part.path)
             at, k = row - lo, len(got)
             if k == 0:
                 break
@@ -193,6 +248,21 @@ class Tail:
                 "norms": b64(rows.norms[:, :voices].astype("<f4")),
                 "bits": b64(bits.astype(np.uint8)),
                 "skipped": b64(rows.skipped.astype(np.uint8))}
+
+
+def _check(rows: np.ndarray, path: Path) -> None:
+    """Rows as a writer writes them, or a RecordingError (see recording.read_recording)."""
+    steps = rows["step"]
+    bad = None
+    if len(steps) and (steps[0] < 0 or (np.diff(steps) <= 0).any()):
+        bad = "step numbers that do not grow"
+    elif (rows["flags"] & ~np.uint32(FLAG_SKIPPED)).any():
+        bad = "unknown row flags"
+    elif (rows["missing"] > 1).any():
+        bad = "missing-voice bytes other than 0 and 1"
+    if bad is not None:
+        raise RecordingError(f"{path.name}: the recording's rows have {bad} (corrupted, or a "
+                             "header that does not match its rows)")
 
 
 def b64(a: np.ndarray) -> str:

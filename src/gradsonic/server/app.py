@@ -23,18 +23,15 @@ import json
 import re
 import sys
 import traceback
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import tornado.httpserver
 import tornado.iostream
 import tornado.web
 
-from ..follow import MAX_BATCH, Tail, TailReset
+from ..follow import MAX_BATCH, TailReset
 from ..recording import RecordingError
 from . import stream as live
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .server import Server
 
 STATIC = {"index.html": "text/html; charset=utf-8", "app.js": "text/javascript; charset=utf-8",
           "synth.js": "text/javascript; charset=utf-8", "style.css": "text/css; charset=utf-8"}
@@ -97,7 +94,7 @@ class Base(tornado.web.RequestHandler):
 
     SUPPORTED_METHODS = ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS")
 
-    def initialize(self, server: "Server") -> None:
+    def initialize(self, server: Any) -> None:
         self.server = server
 
     def set_default_headers(self) -> None:
@@ -156,6 +153,9 @@ class Base(tornado.web.RequestHandler):
         print(f"gradsonic serve: {self.request.path[:200]!r}: "
               f"{''.join(traceback.format_exception(typ, value, tb))}", file=sys.stderr)
 
+    def short(self, e: BaseException) -> str:
+        return self.server.catalogue.redact(str(e))[:300]
+
     def json(self, data: Any) -> None:
         self.set_header("Content-Type", "application/json")
         self.finish(json.dumps(data))
@@ -212,7 +212,7 @@ class Run(Base):
             self.json(self.server.catalogue.meta(*found))
         except (RecordingError, TailReset, OSError) as e:
             self.server.catalogue.problem(found[0], found[1], e)
-            self.fail(409, f"run {found[0]!r} cannot be read now: {_short(e)}")
+            self.fail(409, f"run {found[0]!r} cannot be read now: {self.short(e)}")
 
 
 class Rows(Base):
@@ -223,11 +223,12 @@ class Rows(Base):
         try:
             lo = row_number(self.get_query_argument("from", None), "from", 0)
             hi = row_number(self.get_query_argument("to", None), "to", lo + MAX_BATCH)
-            self.json({"batches": Tail(found[1]).batches(lo, min(hi, lo + 16 * MAX_BATCH))})
+            with self.server.catalogue.tail(found[1]) as tail:
+                self.json({"batches": tail.batches(lo, min(hi, lo + 16 * MAX_BATCH))})
         except BadParam as e:
             self.fail(400, str(e))
         except (RecordingError, TailReset, OSError) as e:
-            self.fail(409, f"run {found[0]!r} cannot be read now: {_short(e)}")
+            self.fail(409, f"run {found[0]!r} cannot be read now: {self.short(e)}")
 
 
 class Stream(Base):
@@ -245,7 +246,7 @@ class Stream(Base):
             self.fail(400, str(e))
             return
         except (RecordingError, TailReset, OSError) as e:
-            self.fail(409, f"run {found[0]!r} cannot be read now: {_short(e)}")
+            self.fail(409, f"run {found[0]!r} cannot be read now: {self.short(e)}")
             return
         self.set_header("Content-Type", "text/event-stream")
         self.set_header("X-Accel-Buffering", "no")
@@ -253,6 +254,12 @@ class Stream(Base):
             await live.stream(followed, start, self._send, self.server.closing)
         except (tornado.iostream.StreamClosedError, _Stalled):
             return
+        except (RecordingError, TailReset, OSError) as e:  # the file went bad or away: the page
+            print(f"gradsonic serve: {found[0]}: {self.short(e)}", file=sys.stderr)  # starts again
+            try:
+                await self._send(live.event("reset", {}))
+            except (tornado.iostream.StreamClosedError, _Stalled):
+                return
         if not self._finished:
             self.finish()
 
@@ -280,8 +287,7 @@ class NotFound(Base):
         self.fail(404, f"not found: {self.path_text[:200]!r}")
 
 
-def _short(e: BaseException) -> str:
-    return str(e)[:300]
+
 
 
 class HTTPServer(tornado.httpserver.HTTPServer):
@@ -294,7 +300,7 @@ class HTTPServer(tornado.httpserver.HTTPServer):
         super().handle_stream(stream, address)
 
 
-def application(server: "Server") -> tornado.web.Application:
+def application(server: Any) -> tornado.web.Application:
     kw = {"server": server}
     return tornado.web.Application(
         [(r"/api/runs", Runs, kw), (r"/api/run", Run, kw), (r"/api/rows", Rows, kw),
@@ -303,7 +309,7 @@ def application(server: "Server") -> tornado.web.Application:
         log_function=lambda handler: None, compress_response=False, serve_traceback=False)
 
 
-def http_server(server: "Server") -> HTTPServer:
+def http_server(server: Any) -> HTTPServer:
     return HTTPServer(application(server), idle_connection_timeout=IDLE_SECONDS,
                       body_timeout=BODY_SECONDS, max_header_size=MAX_HEADER_BYTES,
                       max_body_size=MAX_BODY_BYTES)

@@ -19,7 +19,7 @@ from typing import Any
 
 from ..errors import ConfigError
 from ..files import writer_pid
-from ..follow import Tail, TailReset, b64
+from ..follow import MAX_BATCH, Tail, TailReset, b64
 from ..recording import RecordingError, read_header
 
 RUNS_SECONDS = 1.0  # how long the list of runs under the root is reused
@@ -37,6 +37,7 @@ class Catalogue:
         self._runs: tuple[float, dict[str, Path]] | None = None
         #: recordings under the root that cannot be read, by id -> why
         self.problems: dict[str, str] = {}
+        self._said: dict[str, str] = {}
 
     @property
     def name(self) -> str:
@@ -60,10 +61,27 @@ class Catalogue:
         return p
 
     def _inside(self, p: Path) -> bool:
-        real = os.path.realpath(p)
-        if self.root.suffix == ".gsr" and not self.root.is_dir():
-            return real == self.real_root
+        return self.guard(os.path.realpath(p))
+
+    def guard(self, real: str) -> bool:
+        """Whether a real path (of a file as opened) lies inside the served root."""
+        if self.root.suffix == ".gsr" and not self.root.is_dir():  # one run: it and its parts
+            folder, name = os.path.split(self.real_root)
+            part = _PART.match(os.path.basename(real))
+            return real == self.real_root or (
+                os.path.dirname(real) == folder and part is not None
+                and f"{part['stem']}.gsr" == name)
         return os.path.commonpath([real, self.real_root]) == self.real_root
+
+    def tail(self, path: Path) -> Tail:
+        """The run's file opened for reading, refused if what was opened lies outside."""
+        return Tail(path, self.guard)
+
+    def redact(self, text: str) -> str:
+        """A message without the absolute path of the served folder."""
+        for root in {str(self.root.absolute()), self.real_root}:
+            text = text.replace(root + os.sep, "").replace(root, self.name)
+        return text
 
     def _find(self) -> dict[str, Path]:
         if self.root.is_file() or self.root.suffix == ".gsr":
@@ -124,9 +142,10 @@ class Catalogue:
             young = True
         if young:
             return
-        why = str(e).replace(str(self.root.absolute()), self.name)
-        if self.problems.get(run_id) != why:
+        why = self.redact(str(e))
+        if self._said.get(run_id) != why:  # once per reason, however often it is looked at
             print(f"gradsonic serve: skipping {run_id}: {why}", file=sys.stderr, flush=True)
+            self._said[run_id] = why
         self.problems[run_id] = why
 
     def listing(self) -> dict[str, Any]:
@@ -142,8 +161,12 @@ class Catalogue:
                 "problems": [{"id": k, "error": v} for k, v in sorted(self.problems.items())]}
 
     def describe(self, run_id: str, path: Path) -> dict[str, Any]:
-        tail = Tail(path)
+        with self.tail(path) as tail:
+            return self._describe(run_id, path, tail)
+
+    def _describe(self, run_id: str, path: Path, tail: Tail) -> dict[str, Any]:
         rows = tail.rows
+        tail.read(0, MAX_BATCH)  # the rows are checked as they are read: the first ones now
         last = tail.read(rows - 1, rows) if rows else None
         name = run_id if self.root.is_dir() else f"{path.parent.name}/{path.name}"
         return {"id": run_id, "name": name, "rows": rows,
@@ -153,11 +176,14 @@ class Catalogue:
 
     def meta(self, run_id: str, path: Path) -> dict[str, Any]:
         """What the page needs to draw and synthesise a run exactly as gradsonic would."""
+        with self.tail(path) as tail:
+            return self._meta(run_id, path, tail)
+
+    def _meta(self, run_id: str, path: Path, tail: Tail) -> dict[str, Any]:
         from ..mapping import LogMapping, mapping_from_settings, mapping_settings
         from ..render import synth_from_settings
         from ..synth import OVER_PEAK
 
-        tail = Tail(path)
         settings = tail.settings
         note = None
         try:

@@ -92,7 +92,9 @@ class Server:
     def followed(self, run_id: str, path: Path) -> live.Followed:
         f = self._followed.get(run_id)
         if f is None or f.path != path:
-            f = self._followed[run_id] = live.Followed(path)
+            if f is not None:
+                f.tail.close()
+            f = self._followed[run_id] = live.Followed(path, self.catalogue.tail)
         return f
 
     # -- lifecycle ---------------------------------------------------------------------------

@@ -51,9 +51,10 @@ class Client:
 class Followed:
     """A run some clients follow: its tail, and their queues."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, open_tail: Callable[[Path], Tail]) -> None:
         self.path = path
-        self.tail = Tail(path)
+        self.open_tail = open_tail
+        self.tail = open_tail(path)
         self.known = self.tail.rows
         self.clients: set[Client] = set()
 
@@ -62,8 +63,7 @@ class Followed:
             rows = self.tail.refresh()
         except TailReset:
             self.reset()
-            self.tail = Tail(self.path)
-            self.known = self.tail.rows
+            self.reopen()
             return
         if rows <= self.known:
             return
@@ -72,6 +72,11 @@ class Followed:
             for c in self.clients:
                 c.push(b["first"], b["n"], b["voices"], payload)
         self.known = rows
+
+    def reopen(self) -> None:
+        old, self.tail = self.tail, self.open_tail(self.path)
+        old.close()
+        self.known = self.tail.rows
 
     def reset(self) -> None:
         """The file was cut back, replaced or went bad: every page starts again."""
@@ -85,8 +90,7 @@ class Followed:
             try:
                 self.known = self.tail.refresh()
             except TailReset:
-                self.tail = Tail(self.path)
-                self.known = self.tail.rows
+                self.reopen()
         self.clients.add(client)
         return self.known, self.tail
 

@@ -40,7 +40,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from .._options import StrEnum, check_number
-from ..errors import ConfigError, GradsonicWarning, SinkError
+from ..errors import ConfigError, GradsonicWarning, SinkError, user_stacklevel
 from .base import Sink, StepBlock
 
 INSTALL_HINT = ("install PortAudio and PyAudio: `apt-get install portaudio19-dev` (Debian/Ubuntu) "
@@ -170,7 +170,8 @@ class LiveSink(Sink):
             hint = "" if isinstance(e, ModuleNotFoundError) else f"; {INSTALL_HINT} and check " \
                 "that an output device exists"
             warnings.warn(f"gradsonic: live audio is off: {e}{hint}. Training and the other "
-                          "outputs (WAV, ...) continue.", GradsonicWarning, stacklevel=3)
+                          "outputs (WAV, ...) continue.", GradsonicWarning,
+                          stacklevel=user_stacklevel())
             return
         self.available = True
 
