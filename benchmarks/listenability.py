@@ -2,9 +2,10 @@
 
     python benchmarks/listenability.py [--smoke]
 
-The fixed run: a 25-layer MLP (25 voices with ``voices="all"``, 16 by default) trained 300 steps
-with SGD; the learning rate is 60x at steps 150-169 (a learning-rate catastrophe) and every
-gradient is NaN at step 250 (the update skipped, as an AMP scaler would). Its recording is
+The fixed run: a 25-layer ReLU MLP (He init; 16 voices by default) regressing a linear target,
+300 steps of SGD at lr 2e-4; the learning rate is 60x at steps 150-169 (a learning-rate
+catastrophe: the norms jump up to ~27x, then fall) and every gradient is NaN at step 250 (the
+update skipped, as an AMP scaler would). Its recording is
 rendered in each layout, and measured:
 
 * healthy loudness: ITU-R BS.1770 integrated loudness (pyloudnorm) of steps 100-149, LUFS;
@@ -38,16 +39,23 @@ LAYOUTS = ("sequence", "chord", "ambient")
 
 def make_run(folder: Path, steps: int = 300, voices: str | int = 16) -> Path:
     torch.manual_seed(0)
-    model = nn.Sequential(*[m for _ in range(25) for m in (nn.Linear(32, 32), nn.Tanh())])
-    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    layers: list[nn.Module] = []
+    for _ in range(24):
+        lin = nn.Linear(32, 32)
+        nn.init.kaiming_normal_(lin.weight, nonlinearity="relu")
+        nn.init.zeros_(lin.bias)
+        layers += [lin, nn.ReLU()]
+    model = nn.Sequential(*layers, nn.Linear(32, 1))
+    base = 2e-4
+    opt = torch.optim.SGD(model.parameters(), lr=base)
     with GradientSonifier(model, run_dir=folder, quiet=True, voices=voices) as son:
         son.wrap(opt)
         for i in range(steps):
             for g in opt.param_groups:
-                g["lr"] = 0.6 if 150 <= i < 170 else 0.01
+                g["lr"] = 60 * base if 150 <= i < 170 else base
             opt.zero_grad()
             x = torch.randn(64, 32)
-            model(x).pow(2).mean().backward()
+            (model(x) - 2 * x[:, :1]).pow(2).mean().backward()
             if i == 250:  # every gradient NaN, the update skipped (kept by restoring)
                 before = [p.detach().clone() for p in model.parameters()]
                 for p in model.parameters():

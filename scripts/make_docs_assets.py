@@ -110,8 +110,24 @@ def serve_screenshot(recordings: Path) -> None:
         browser.close()
 
 
+def listening(tmp: Path) -> None:
+    """The listenability benchmark's run (lr x60 at 150-169, NaN at 250), steps 100-280, in each
+    layout."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    from listenability import make_run
+
+    run = make_run(tmp / "catastrophe")
+    for layout in ("sequence", "chord", "ambient"):
+        cli(["render", str(run), "-o", str(ASSETS / f"catastrophe-{layout}.ogg"), "--steps",
+             "100:280", "--layout", layout, "-q"])
+
+
 def main() -> None:
     ASSETS.mkdir(parents=True, exist_ok=True)
+    if sys.argv[1:] == ["listen"]:  # only the layouts' clips
+        with tempfile.TemporaryDirectory() as tmp:
+            listening(Path(tmp))
+        return
     if sys.argv[1:] == ["serve"]:  # only the page's screenshots
         with tempfile.TemporaryDirectory() as tmp:
             large_model(Path(tmp), assets=False)
@@ -126,6 +142,7 @@ def main() -> None:
                  "--mapping", "log", "-q"])
             plot_recording(read_recording(run), ASSETS / f"{name}.png", dpi=60, mapping="log")
         large_model(Path(tmp))
+        listening(Path(tmp))
         serve_screenshot(Path(tmp))
 
 

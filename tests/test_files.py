@@ -26,7 +26,7 @@ from gradsonic.files import FileInUseError
 from gradsonic.recording import RecordingError, read_recording
 
 from .conftest import REPO
-from .fixtures.models import TinyMLP, train_steps
+from .fixtures.models import TinyMLP, small_recording, train_steps
 
 CHILD = REPO / "tests" / "child_resume.py"
 STEP = 2 * 441 + 2 * 441  # the child's model: 2 voices, 10 ms tones, 20 ms silence
@@ -267,15 +267,7 @@ def test_a_constructor_that_raises_leaves_the_disk_as_it_was(kwargs, exc):
 
 @pytest.fixture(scope="module")
 def good_recording(tmp_path_factory) -> bytes:
-    folder = tmp_path_factory.mktemp("rec")
-    model = TinyMLP()
-    with GradientSonifier(model, wav=None, record=folder / "r.gsr", scalars=("loss",),
-                          quiet=True) as son:
-        opt = son.wrap(torch.optim.SGD(model.parameters(), lr=0.1))
-        for i in range(4):
-            son.log(loss=float(i))
-            train_steps(model, opt, steps=1)
-    return (folder / "r.gsr").read_bytes()
+    return small_recording(tmp_path_factory.mktemp("rec") / "r.gsr").read_bytes()
 
 
 def _check_corrupt(data: bytes, path: Path, capsys) -> None:

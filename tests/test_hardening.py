@@ -27,7 +27,7 @@ from gradsonic.recording import RecordingError, RecordSink, read_recording
 from gradsonic.server import Server
 from gradsonic.server import app as app_module
 
-from .fixtures.models import TinyMLP, train_steps
+from .fixtures.models import TinyMLP, small_recording, train_steps
 from .test_serve import SSE, Writer, get, noisy
 
 HERE = Path(__file__).parent
@@ -35,15 +35,7 @@ HERE = Path(__file__).parent
 
 @pytest.fixture(scope="module")
 def good(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("good")
-    model = TinyMLP()
-    with GradientSonifier(model, wav=None, record=folder / "good.gsr", scalars=("loss",),
-                          quiet=True) as son:
-        opt = son.wrap(torch.optim.SGD(model.parameters(), lr=0.1))
-        for i in range(20):
-            son.log(loss=float(i))
-            train_steps(model, opt, steps=1)
-    return folder / "good.gsr"
+    return small_recording(tmp_path_factory.mktemp("good") / "good.gsr", steps=20)
 
 
 def with_header(raw: bytes, edit) -> bytes:

@@ -4,14 +4,13 @@ readers, a phone shows it without sideways scrolling, and alarms reach a hidden 
 
 from __future__ import annotations
 
-import contextlib
 
 import numpy as np
 import pytest
 
 from gradsonic.server import Server
 
-from .fixtures.browser import CHROMIUM, require_browser
+from .fixtures.browser import launch, page_of, require_browser
 from .test_serve import Writer, noisy
 
 WCAG = ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa", "wcag22aa"]
@@ -21,23 +20,9 @@ WCAG = ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa", "wcag22aa"]
 def browser():
     sync_playwright = require_browser()
     with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=[
-            "--no-sandbox", "--autoplay-policy=no-user-gesture-required"])
+        b = launch(p)
         yield b
         b.close()
-
-
-@contextlib.contextmanager
-def page_of(browser, **kw):
-    ctx = browser.new_context(bypass_csp=True, **kw)  # axe and wait_for_function evaluate code
-    page = ctx.new_page()
-    errors: list[str] = []
-    page.on("pageerror", lambda e: errors.append(str(e)))
-    try:
-        yield page
-    finally:
-        ctx.close()
-    assert not errors, errors
 
 
 @pytest.fixture

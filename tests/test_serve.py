@@ -26,7 +26,7 @@ from gradsonic.render import frames
 from gradsonic.server import Server
 from gradsonic.sinks.base import StepBlock
 
-from .fixtures.browser import CHROMIUM, require_browser
+from .fixtures.browser import launch, page_of, require_browser
 from .fixtures.models import TinyMLP, train_steps
 
 HERE = Path(__file__).parent
@@ -363,26 +363,9 @@ def test_sonifier_serve_in_process(tmp_path):
 def browser():
     sync_playwright = require_browser()
     with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=[
-            "--no-sandbox", "--autoplay-policy=no-user-gesture-required"])
+        b = launch(p)
         yield b
         b.close()
-
-
-@contextlib.contextmanager
-def page_of(browser):
-    # bypass_csp: Playwright's wait_for_function evaluates strings in the page, which the
-    # server's Content-Security-Policy forbids (test_the_page_works_under_its_own_csp runs
-    # without the bypass)
-    ctx = browser.new_context(viewport={"width": 1200, "height": 720}, bypass_csp=True)
-    page = ctx.new_page()
-    errors: list[str] = []
-    page.on("pageerror", lambda e: errors.append(str(e)))
-    try:
-        yield page
-    finally:
-        ctx.close()
-    assert not errors, errors
 
 
 def latest(page):
@@ -448,7 +431,8 @@ def _recording(path, layout, mapping, every=1):
 
 @pytest.mark.parametrize("layout,mapping,every", [
     ("sequence", LogMapping(), 1), ("chord", LogMapping(scale="pentatonic"), 1),
-    ("sequence", SeedMapping(), 1), ("sequence", LogMapping(), 4)])
+    ("sequence", SeedMapping(), 1), ("sequence", LogMapping(), 4), ("ambient", LogMapping(), 1),
+    ("ambient", LogMapping(), 4)])
 def test_page_synth_equals_gradsonic_synth(tmp_path, browser, layout, mapping, every):
     rec = _recording(tmp_path / "run.gsr", layout, mapping, every)
     assert rec.accents.any() and rec.nonfinite.any()

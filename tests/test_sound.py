@@ -266,3 +266,83 @@ def test_the_block_accent_detector_equals_a_step_by_step_nanmedian_reference():
                           for a, b in [(0, 7), (7, 100), (100, 101), (101, 300)]])
     assert expected.sum() > 50
     np.testing.assert_array_equal(got, expected)
+
+
+# -- long listening: the ambient layout, and alarms that are never quiet ---------------------------
+
+
+@pytest.fixture(scope="module")
+def catastrophe(tmp_path_factory):
+    """The listenability benchmark's fixed run: lr x60 at steps 150-169, NaN at step 250."""
+    import importlib.util
+
+    from .conftest import REPO
+
+    spec = importlib.util.spec_from_file_location("listenability",
+                                                  REPO / "benchmarks" / "listenability.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    return bench, read_recording(bench.make_run(tmp_path_factory.mktemp("lr") / "run"))
+
+
+def test_ambient_is_quiet_and_smooth_while_healthy_and_loud_on_trouble(catastrophe):
+    bench, rec = catastrophe
+    m = bench.measure(rec, "ambient")
+    assert m["healthy"] <= -30.0  # LUFS: a background level
+    assert m["roughness"] <= 0.3  # asper: no buzz
+    assert m["spike"] >= 10.0  # LU: the learning-rate catastrophe cuts through
+    assert m["nan"] >= 10.0  # dB: the NaN step is unmistakable
+    assert m["clipped"] == 0.0
+
+
+@pytest.mark.parametrize("layout", ["sequence", "chord"])
+def test_the_nan_alarm_is_clearly_louder_than_healthy_sound_in_every_layout(catastrophe, layout):
+    bench, rec = catastrophe
+    assert bench.measure(rec, layout)["nan"] >= 6.0
+
+
+def test_louder_alarms_leave_every_other_sample_as_it_was():
+    """The seed sound (non-alarm steps) is untouched by the alarm's new level."""
+    from gradsonic.mapping import ALARM, TONE
+    from gradsonic.synth import Synth
+
+    rng = np.random.default_rng(1)
+    freqs = rng.uniform(200, 2000, (6, 4))
+    kinds = np.full((6, 4), TONE, np.int8)
+    with_alarm = kinds.copy()
+    with_alarm[2, 1] = ALARM
+    s = Synth()
+    a, b = s.render(freqs, kinds).reshape(6, -1), s.render(freqs, with_alarm).reshape(6, -1)
+    T = s.tone_samples
+    same = np.ones(a.shape, bool)
+    same[2, T:2 * T] = False
+    np.testing.assert_array_equal(a[same], b[same])
+    alarm = b[2, T:2 * T]
+    assert np.sqrt(np.mean(alarm ** 2)) > 2.5 * np.sqrt(np.mean(a[2, T:2 * T] ** 2))
+
+
+def test_ambient_plays_live_exactly_as_render_rebuilds_it_slices_and_resumes_included(tmp_path):
+    model = TinyMLP()
+    with GradientSonifier(model, run_dir=tmp_path / "run", layout="ambient", every=3,
+                          quiet=True) as son:
+        opt = son.wrap(torch.optim.SGD(model.parameters(), lr=0.05))
+        train_steps(model, opt, 60)
+        model.fc2.weight.grad = None
+    with GradientSonifier(model, run_dir=tmp_path / "run", layout="ambient", every=3,
+                          quiet=True, resume=True) as son:
+        opt = son.wrap(torch.optim.SGD(model.parameters(), lr=0.05))
+        train_steps(model, opt, 40)
+    import soundfile
+
+    wav, _ = soundfile.read(str(tmp_path / "run" / "run.wav"), dtype="float32")
+    rec = read_recording(tmp_path / "run" / "run.gsr")
+    full = np.concatenate(list(render_frames(rec)))
+    assert wav.shape == full.shape and wav.shape[1] == 2
+    np.testing.assert_array_equal(wav, full)
+    part = np.concatenate(list(render_frames(rec, steps=slice(31, 77))))
+    at = int(rec.sounded()[:31].sum()) * (441 + 882)
+    np.testing.assert_array_equal(part, full[at:at + len(part)])
+    # continuous: no step starts with a jump (the chord glides, every note is phase-continuous)
+    steps = full.reshape(-1, 441 + 882, 2)
+    jumps = np.abs(steps[1:, 0] - steps[:-1, -1]).max()
+    assert jumps < 0.01, jumps

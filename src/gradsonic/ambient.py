@@ -15,10 +15,11 @@ hours:
 * **Glides, not steps.** Each note's level moves from the previous step's to this step's over
   the first third of the step (a raised-cosine ramp): changes are heard as swells.
 * **Quiet.** Each voice is ``AMBIENT_GAIN * amplitude / sqrt(voices)`` per channel (about
-  -31 LUFS for healthy training at the default amplitude).
+  -33 LUFS for healthy training at the default amplitude). Samples above 0.5 bend smoothly
+  towards 1 (a soft knee), so a burst of accents never clips.
 
 What must be heard cuts through: an *accent* (spike or collapse) rings a bell on the voice's
-note, ``BELL_GAIN`` louder and decaying over ~8 ms, a spike with the click of the other layouts;
+note, ``BELL_GAIN`` louder and decaying over ~15 ms, a spike with the click of the other layouts;
 a value beyond the mapping's band adds the octave above (a brighter sound); an *alarm* (a NaN/Inf
 voice, or a step the optimizer skipped) replaces the whole step's chord with a burst of noise at
 ``ALARM_GAIN * amplitude`` (over 20 dB above the healthy chord, and unlike any tone).
@@ -36,9 +37,10 @@ import numpy as np
 from .accents import COLLAPSE, SPIKE
 from .mapping import ALARM, OVER, TONE
 
-AMBIENT_GAIN = 0.18
-BELL_GAIN = 6.0  # an accent's bell, against one voice's chord level
-BELL_SECONDS = 0.008
+AMBIENT_GAIN = 0.10
+BELL_GAIN = 18.0  # an accent's bell, against one voice's chord level
+BELL_SECONDS = 0.015
+KNEE = 0.5  # above this level samples bend smoothly towards 1 instead of clipping
 ALARM_GAIN = 4.0  # the alarm burst, against amplitude (uniform noise: RMS 0.58 of that)
 RAMP_FRACTION = 1.0 / 3.0
 NOTE_FLOOR_HZ = 110.0
@@ -82,6 +84,15 @@ class Ambient:
         self.alarm = ALARM_GAIN * amplitude * env * noise[:step_samples]
         self.click = np.zeros(step_samples)
         self.click[:min(len(click), step_samples)] = click[:step_samples]
+
+    def tables(self) -> dict[str, np.ndarray]:
+        """What the browser page needs to play the ambient layout exactly: the note grid and
+        the per-sample tables of one step."""
+        return {"ambient_ks": self.ks.astype(np.float32), "ambient_ramp": self.ramp.astype(np.float32),
+                "ambient_bell": self.bell_env.astype(np.float32),
+                "ambient_alarm": self.alarm.astype(np.float32),
+                "ambient_click": self.click.astype(np.float32),
+                "ambient_gain": np.array([AMBIENT_GAIN * self.amplitude, BELL_GAIN], np.float32)}
 
     def notes(self, freqs: np.ndarray) -> np.ndarray:
         """The grid note nearest each frequency (in octaves)."""
@@ -131,7 +142,11 @@ class Ambient:
         alarm = (kinds == ALARM).any(axis=1)
         if alarm.any():
             out[alarm] = self.alarm[None, :, None]
-        np.clip(out, -1.0, 1.0, out=out)
+        loud = np.abs(out) > KNEE  # a soft knee: many accents at once never clip
+        if loud.any():
+            x = out[loud]
+            out[loud] = np.sign(x) * (KNEE + (1.0 - KNEE) * np.tanh((np.abs(x) - KNEE)
+                                                                    / (1.0 - KNEE)))
         return out.astype(np.float32).reshape(-1, 2)
 
     def _accents(self, out: np.ndarray, freqs: np.ndarray, kinds: np.ndarray,

@@ -176,7 +176,8 @@ def _cmd_render(args: argparse.Namespace) -> int:
     try:
         frames = render_to_file(rec, args.output, fmt=fmt, progress=update,
                                 layers=args.layers, steps=steps, mapping=args.mapping,
-                                tone_duration=None if args.tone_ms is None else args.tone_ms / 1000)
+                                tone_duration=None if args.tone_ms is None else args.tone_ms / 1000,
+                                layout=args.layout)
     finally:
         close()
     print(f"wrote {args.output}: {n} steps, {frames} frames")
@@ -322,6 +323,8 @@ def build_parser() -> argparse.ArgumentParser:
     render.add_argument("-o", "--output", required=True, help="the audio file to write")
     render.add_argument("--mapping", choices=["seed", "log"], help="default: as recorded")
     render.add_argument("--tone-ms", type=float, help="tone length in ms (default: as recorded)")
+    render.add_argument("--layout", choices=["sequence", "chord", "ambient"],
+                        help="default: as recorded")
     render.add_argument("--layers", nargs="+", metavar="PATTERN", help="only these layers (globs)")
     render.add_argument("--steps", metavar="A:B", help="only steps A..B-1 (rows of the recording)")
     render.add_argument("--format", choices=["wav", "flac", "ogg"],

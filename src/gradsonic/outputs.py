@@ -17,6 +17,7 @@ import numpy as np
 
 from .errors import ConfigError, ConfigTypeError
 from .files import new_run_folder
+from .mapping import plan_tones
 from .recording import RecordSink
 from .settings import SoundSettings
 from .sinks.base import Sink
@@ -77,6 +78,7 @@ class Outputs:
         self.made_folder: Path | None = None
         self.start_step = 0  # where a resumed run goes on
         self.warmup: tuple[np.ndarray, np.ndarray] | None = None  # the accents' recent history
+        self.prev: tuple[np.ndarray, np.ndarray] | None = None  # the last step played
 
     def open(self, tap: Any, sound: SoundSettings, owner: str) -> list[Sink]:
         """Create, check and open every sink (see the module's docstring); returns them."""
@@ -235,6 +237,12 @@ class Outputs:
             if sound.accents is not None:  # the accent detector's history, as it was
                 lo = max(0, steps - sound.accents.window)
                 self.warmup = (rec.norms[lo:steps], rec.missing[lo:steps])
+            heard = np.flatnonzero(rec.sounded(every)[:steps])
+            if len(heard):  # the last step played: the ambient layout glides on from it
+                k = heard[-1]
+                freqs, kinds = plan_tones(sound.mapping, rec.norms[k:k + 1], rec.missing[k:k + 1],
+                                          rec.skipped[k:k + 1])
+                self.prev = (freqs[0], kinds[0])
         if at is not None:
             self.start_step = at
         elif steps:

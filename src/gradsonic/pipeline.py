@@ -67,6 +67,8 @@ class Worker(threading.Thread):
         self.any_step = False  # a step was queued (else a warning at exit says how to attach)
         self.detector = AccentDetector(accents) if accents is not None else None
         self.every = every
+        #: (freqs, kinds) of the last step rendered: the ambient layout glides on from it
+        self.prev: tuple[np.ndarray, np.ndarray] | None = None
         self.stats = Stats()
         # How long steps may pile up before the worker renders them: the tightest latency any
         # sink asks for (a file needs none to speak of; live audio needs ~20 ms).
@@ -165,7 +167,8 @@ class Worker(threading.Thread):
             pending = [pending[i] for i in idx]
         try:
             freqs, kinds = plan_tones(self.mapping, norms, missing, skipped)
-            frames = self.synth.render(freqs, kinds, marks)
+            frames = self.synth.render(freqs, kinds, marks, self.prev)
+            self.prev = (freqs[-1].copy(), kinds[-1].copy())
         except BaseException as e:
             self._fail("mapping/synthesis (audio now disabled)", e)
             self.audio_ok = False

@@ -95,7 +95,12 @@ def blocks(recording: Recording, layers: list[str] | None = None, steps: slice |
     assert recording.voice_counts is not None
     counts = recording.voice_counts[rows]
     numbers = recording.steps[rows]
-    heard_rows = recording.sounded(every)[rows]
+    heard_all = recording.sounded(every)
+    heard_rows = heard_all[rows]
+    everywhere = np.arange(len(recording.steps))
+    all_rows = everywhere[rows]  # each selected row's index in the run
+    last_heard = np.maximum.accumulate(np.where(heard_all, everywhere, -1)) if len(everywhere) \
+        else everywhere  # the last sounded row at or before each row
     synth, mapping = synth_for(recording, **overrides)
     for start, stop in _runs(counts):  # voices added mid-run: each stretch with its own voices
         keep = cols < counts[start]
@@ -110,14 +115,28 @@ def blocks(recording: Recording, layers: list[str] | None = None, steps: slice |
                                    numbers[lo:hi])
             idx = np.arange(lo, hi)[heard_rows[lo:hi]]
             if not len(idx):
-                yield every_step, None, np.zeros(0, dtype=np.float32)
+                yield every_step, None, np.zeros((0, 2) if synth.channels == 2 else 0, np.float32)
                 continue
             freqs, kinds = plan_tones(mapping, norms[idx][:, keep], missing[idx][:, keep],
                                       skipped[idx])
+            first = all_rows[idx[0]]
+            prev = _previous(recording, mapping, int(last_heard[first - 1]) if first else -1,
+                             cols[keep])
             heard = StepBlock(int(numbers[idx[0]]), len(idx), step_frames, synth.tone_samples,
                               np.zeros(len(idx)), norms[idx][:, keep], missing[idx][:, keep],
                               skipped[idx], None, voices, marks[idx][:, keep], numbers[idx])
-            yield every_step, heard, synth.render(freqs, kinds, marks[idx][:, keep])
+            yield every_step, heard, synth.render(freqs, kinds, marks[idx][:, keep], prev)
+
+
+def _previous(recording: Recording, mapping: Callable, k: int, cols: np.ndarray
+              ) -> tuple[np.ndarray, np.ndarray] | None:
+    """The tones of sounded row ``k`` (-1: none), over columns ``cols``: what the ambient
+    layout glides from into the next sounded row, as in the live run."""
+    if k < 0:
+        return None
+    freqs, kinds = plan_tones(mapping, recording.norms[k:k + 1][:, cols],
+                              recording.missing[k:k + 1][:, cols], recording.skipped[k:k + 1])
+    return freqs[0], kinds[0]
 
 
 def replay(recording: Recording, sinks: list[Sink],

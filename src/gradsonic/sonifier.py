@@ -177,6 +177,7 @@ class GradientSonifier:
                               self.accents, self.every)
         if self._outputs.warmup is not None and self._worker.detector is not None:
             self._worker.detector.mark(*self._outputs.warmup)  # a resumed run's recent history
+        self._worker.prev = self._outputs.prev
         self._worker.start()
         self._closed = False
         # Drains the worker and finalises the files on close(), when the sonifier is garbage

@@ -1,6 +1,6 @@
 """Tone plans -> float32 audio frames.
 
-Two layouts of one step:
+Three layouts of one step:
 
 * ``"sequence"`` (default; the 2019 experiment's, mono): one tone per voice, in voice order, each
   ``tone_samples`` long, then ``silence_samples`` of silence.
@@ -8,6 +8,9 @@ Two layouts of one step:
   tone whatever the model. Voice ``i`` of ``n`` is panned by depth, from the left (the input side)
   to the right (the output side), with constant power: left ``cos(theta)``, right ``sin(theta)``,
   ``theta = pi/2 * i / (n - 1)``; the sum is divided by ``sqrt(n)`` and clipped to [-1, 1].
+* ``"ambient"`` (stereo): one calm, continuous chord for long listening, gliding from step to
+  step, which accents and alarms cut through (:mod:`gradsonic.ambient`). A step lasts
+  ``tone_samples + silence_samples``, like the chord layout's.
 
 The samples of a tone at frequency ``f`` (clamped to ``[20 Hz, 0.45 * sample_rate]``) are exactly::
 
@@ -19,8 +22,9 @@ computed in float64 and stored as float32. ``env`` is 1 except for a raised-cosi
 click of a tone that stops mid-cycle. Each tone starts at phase 0, as in the original.
 
 A layer with no gradient is silence. A NaN/Inf norm is the *alarm*: a fixed burst of white noise
-(seeded, so every alarm and every re-render is identical) at the same amplitude and envelope -
-unmistakable among sine tones, and never a NaN/Inf sample. A pitch beyond the mapping's band
+(seeded, so every alarm and every re-render is identical) with the tones' envelope at
+``ALARM_GAIN`` (4) times their amplitude, clipped to [-1, 1] - about 10 dB louder than a tone and
+unmistakable among them, and never a NaN/Inf sample. A pitch beyond the mapping's band
 (kind ``OVER``) plays at the band's edge with the *over-range* timbre: the same sine plus its 3rd
 and 5th harmonics (those below the alias-free limit), ``x = (s1 + 0.5 s3 + 0.25 s5) / 1.1278`` with
 ``sk = sin(2 pi k f n / sample_rate)`` (1.1278 is that sum's peak, so it never exceeds
@@ -49,12 +53,19 @@ NYQUIST_FRACTION = 0.45
 FADE_SECONDS = 0.001
 ALARM_SEED = 0x6A5
 OVER_PEAK = 1.1278091066  # max of sin x + 0.5 sin 3x + 0.25 sin 5x
+ALARM_GAIN = 4.0  # the alarm's noise against a tone's amplitude: ~+10 dB over a sine's level
 _CHUNK_TONES = 128  # tones rendered per inner pass
+
+
+def amplitude_free(noise: np.ndarray, env: np.ndarray) -> np.ndarray:
+    """The alarm's noise burst without its level (the ambient layout sets its own)."""
+    return noise * env
 
 
 class Layout(StrEnum):
     SEQUENCE = "sequence"
     CHORD = "chord"
+    AMBIENT = "ambient"
 
 
 class Synth:
@@ -64,7 +75,7 @@ class Synth:
                  silence_duration: float | None = None, amplitude: float = 0.1,
                  layout: str = "sequence") -> None:
         self.layout = Layout.parse(layout, "layout")
-        #: 1 (mono) for the sequence layout, 2 (stereo) for the chord layout
+        #: 1 (mono) for the sequence layout, 2 (stereo) for the chord and ambient layouts
         self.channels = 1 if self.layout is Layout.SEQUENCE else 2
         if isinstance(sample_rate, bool) or not isinstance(sample_rate, (int, np.integer)):
             raise ConfigError(f"sample_rate must be an integer number of Hz, not {sample_rate!r}")
@@ -98,13 +109,21 @@ class Synth:
         self._amp_env = (self.amplitude * env).astype(np.float32)
         self._n_over_fs = np.arange(self.tone_samples, dtype=np.float64) / self.sample_rate
         noise = np.random.default_rng(ALARM_SEED).uniform(-1.0, 1.0, self.tone_samples)
-        self._alarm = (self.amplitude * env * noise).astype(np.float32)
+        self._alarm = np.clip(ALARM_GAIN * self.amplitude * env * noise, -1.0, 1.0).astype(
+            np.float32)
         n = np.arange(self.tone_samples, dtype=np.float64)
         self._accent_gain = (1.0 + 1.5 * np.exp(-n / (0.003 * self.sample_rate))).astype(
             np.float32)
         click = np.random.default_rng(ALARM_SEED + 1).uniform(-1.0, 1.0, self.tone_samples)
         self._click = (1.5 * self.amplitude * click * np.exp(-n / (0.0005 * self.sample_rate))
                        ).astype(np.float32)
+        self._ambient = None
+        if self.layout is Layout.AMBIENT:
+            from .ambient import Ambient
+
+            self._ambient = Ambient(self.sample_rate, self.tone_samples + self.silence_samples,
+                                    self.tone_samples, self.amplitude, self.max_hz,
+                                    amplitude_free(noise, env), self._click)
         self._buf64: np.ndarray | None = None
         self._tmp64: np.ndarray | None = None
         self._buf32: np.ndarray | None = None
@@ -113,12 +132,15 @@ class Synth:
         """The per-sample tables every tone is made with (float32, ``tone_samples`` long): the
         amplitude envelope, the alarm noise, the spike click and the accent gain - what the
         browser page (``gradsonic serve``) needs to play exactly these samples."""
-        return {"amp_env": self._amp_env, "alarm": self._alarm, "click": self._click,
-                "accent_gain": self._accent_gain}
+        out = {"amp_env": self._amp_env, "alarm": self._alarm, "click": self._click,
+               "accent_gain": self._accent_gain}
+        if self._ambient is not None:
+            out.update(self._ambient.tables())
+        return out
 
     def step_samples(self, n_layers: int) -> int:
         """Number of frames one step of ``n_layers`` voices occupies."""
-        if self.layout is Layout.CHORD:
+        if self.layout is not Layout.SEQUENCE:
             return self.tone_samples + self.silence_samples
         return n_layers * self.tone_samples + self.silence_samples
 
@@ -138,13 +160,18 @@ class Synth:
         assert self._tmp64 is not None and self._buf32 is not None
         return self._buf64[:tones], self._tmp64[:tones], self._buf32[:tones]
 
-    def render(self, freqs: np.ndarray, kinds: np.ndarray,
-               marks: np.ndarray | None = None) -> np.ndarray:
+    def render(self, freqs: np.ndarray, kinds: np.ndarray, marks: np.ndarray | None = None,
+               prev: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
         """Frames for ``[steps, layers]`` frequencies and kinds (and accent marks), as one
-        float32 block: ``[frames]`` (sequence, mono) or ``[frames, 2]`` (chord, stereo).
+        float32 block: ``[frames]`` (sequence, mono) or ``[frames, 2]`` (chord and ambient,
+        stereo). ``prev``: the (freqs, kinds) of the sounded step before the first, which the
+        ambient layout glides from (the others ignore it).
 
         Not thread-safe (it reuses work buffers): one synth per worker thread.
         """
+        if self._ambient is not None:
+            before = None if prev is None else (self.clamp(prev[0]), np.asarray(prev[1]))
+            return self._ambient.render(self.clamp(freqs), kinds, marks, before)
         if self.layout is Layout.CHORD:
             return self._chord(self._sequence(freqs, kinds, marks), *np.shape(freqs))
         return self._sequence(freqs, kinds, marks)

@@ -496,13 +496,26 @@ class RunView {
     const chans = [];
     for (let c = 0; c < s.channels; c++) chans.push(new Float32Array(length));
     const silent = this.muted.map((m, v) => m || (this.solo >= 0 && v !== this.solo));
+    let prev = null;  // the ambient layout glides from the sounded step before (as the live run)
+    if (s.amb) {
+      for (let i = lo - 1; i >= 0; i--) {
+        const { b, j } = this.store.find(i);
+        if (isSounded(b, j, every)) { prev = this.planned(b, j); break; }
+      }
+    }
     for (const [, b, j, at] of rows) {
-      const V = b.V, freqs = new Float64Array(V), kinds = new Int8Array(V);
-      const norms = b.norms.subarray(j * V, (j + 1) * V), bits = b.bits.subarray(j * V, (j + 1) * V);
-      G.planStep(this.mapping, norms, bits, b.skipped[j], freqs, kinds);
-      s.renderStep(freqs, kinds, bits, V, chans, at, silent);
+      const step = this.planned(b, j), bits = b.bits.subarray(j * b.V, (j + 1) * b.V);
+      s.renderStep(step.freqs, step.kinds, bits, b.V, chans, at, silent, prev);
+      prev = step;
     }
     return { chans, length, rows };
+  }
+
+  planned(b, j) {  // plan_tones of one row: {freqs, kinds, voices}
+    const V = b.V, freqs = new Float64Array(V), kinds = new Int8Array(V);
+    G.planStep(this.mapping, b.norms.subarray(j * V, (j + 1) * V),
+      b.bits.subarray(j * V, (j + 1) * V), b.skipped[j], freqs, kinds);
+    return { freqs, kinds, voices: V };
   }
 
   schedule(lo, hi) {

@@ -88,9 +88,24 @@ class Synth {
     this.click = decodeBase64(s.click, Float32Array);
     this.gain = decodeBase64(s.accent_gain, Float32Array);
     this.tone = new Float32Array(this.T);
+    this.amb = null;
+    if (s.layout === "ambient") {  // src/gradsonic/ambient.py's tables
+      const N = this.T + this.S, ks = decodeBase64(s.ambient_ks, Float32Array);  // (tables come as float32)
+      const gains = decodeBase64(s.ambient_gain, Float32Array);
+      const waves = new Float64Array(ks.length * N);
+      for (let k = 0; k < ks.length; k++) {
+        for (let n = 0; n < N; n++) waves[k * N + n] = Math.sin(2.0 * Math.PI * (ks[k] * n) / N);
+      }
+      this.amb = { ks, waves, noteHz: Array.from(ks, (k) => k * (this.rate / N)),
+                   gain: gains[0], bellGain: gains[1],
+                   ramp: decodeBase64(s.ambient_ramp, Float32Array),
+                   bellEnv: decodeBase64(s.ambient_bell, Float32Array),
+                   alarm: decodeBase64(s.ambient_alarm, Float32Array),
+                   click: decodeBase64(s.ambient_click, Float32Array) };
+    }
   }
 
-  stepSamples(voices) { return this.chord ? this.T + this.S : voices * this.T + this.S; }
+  stepSamples(voices) { return this.chord || this.amb ? this.T + this.S : voices * this.T + this.S; }
 
   clamp(f) {
     if (Number.isNaN(f)) return this.minHz;
@@ -128,8 +143,11 @@ class Synth {
     }
   }
 
-  // One step of `voices` voices into channel arrays `chans` at `offset`; `silent[v]` mutes.
-  renderStep(freqs, kinds, bits, voices, chans, offset, silent) {
+  // One step of `voices` voices into channel arrays `chans` at `offset`; `silent[v]` mutes;
+  // `prev` ({freqs, kinds, voices} of the sounded step before) is what the ambient layout
+  // glides from.
+  renderStep(freqs, kinds, bits, voices, chans, offset, silent, prev) {
+    if (this.amb) { this.renderAmbient(freqs, kinds, bits, voices, chans, offset, silent, prev); return; }
     const T = this.T;
     if (!this.chord) {
       for (let v = 0; v < voices; v++) {
@@ -148,6 +166,78 @@ class Synth {
     }
     for (let c = 0; c < 2; c++) {
       for (let n = 0; n < T; n++) chans[c][offset + n] = Math.min(1, Math.max(-1, acc[c][n]));
+    }
+  }
+  // ---- the ambient layout (src/gradsonic/ambient.py): one continuous chord ----
+
+  // Each note's level per channel for one step's voices (the Python Ambient.levels).
+  // (`present`: how many of the `voices` this step has; the rest are silent.)
+  ambientLevels(freqs, kinds, voices, silent, present = voices) {
+    const a = this.amb, K = a.ks.length, out = [new Float64Array(K), new Float64Array(K)];
+    const gain = a.gain / Math.sqrt(Math.max(voices, 1));
+    for (let v = 0; v < Math.min(present, voices); v++) {
+      const k = silent && silent[v] ? SILENT : kinds[v];
+      if (k !== TONE && k !== OVER) continue;
+      const theta = voices > 1 ? 0.5 * Math.PI * v / (voices - 1) : 0.25 * Math.PI;
+      const g = [Math.cos(theta), Math.sin(theta)], f = this.clamp(freqs[v]);
+      const note = this.nearestNote(f);
+      for (let c = 0; c < 2; c++) out[c][note] += gain * g[c];
+      if (k === OVER) {
+        const up = Math.min(this.nearestNote(2 * f), K - 1);
+        for (let c = 0; c < 2; c++) out[c][up] += 0.5 * gain * g[c];
+      }
+    }
+    return out;
+  }
+
+  nearestNote(f) {  // numpy's argmin over |log2 f - log2 note|: the first of equal distances
+    const a = this.amb, lf = Math.log2(Math.max(f, 1e-9));
+    let best = 0, bestDist = Infinity;
+    for (let i = 0; i < a.noteHz.length; i++) {
+      const d = Math.abs(lf - Math.log2(a.noteHz[i]));
+      if (d < bestDist) { bestDist = d; best = i; }
+    }
+    return best;
+  }
+
+  // One step of the ambient layout; prev = {freqs, kinds, voices} of the sounded step before.
+  renderAmbient(freqs, kinds, bits, voices, chans, offset, silent, prev) {
+    const a = this.amb, N = this.T + this.S, K = a.ks.length;
+    const cur = this.ambientLevels(freqs, kinds, voices, silent);
+    const before = prev ? this.ambientLevels(prev.freqs, prev.kinds, voices, silent, prev.voices)
+      : [new Float64Array(K), new Float64Array(K)];
+    let alarm = false;
+    for (let v = 0; v < voices; v++) if ((silent && silent[v] ? SILENT : kinds[v]) === ALARM) alarm = true;
+    const gainB = a.bellGain * a.gain / Math.sqrt(Math.max(voices, 1));
+    for (let c = 0; c < 2; c++) {
+      const out = chans[c];
+      for (let n = 0; n < N; n++) {
+        let held = 0, now = 0;
+        for (let k = 0; k < K; k++) {
+          if (before[c][k] === 0 && cur[c][k] === 0) continue;
+          const w = a.waves[k * N + n];
+          held += before[c][k] * w; now += cur[c][k] * w;
+        }
+        out[offset + n] = held + (now - held) * a.ramp[n];
+      }
+      if (!alarm) {
+        for (let v = 0; v < voices; v++) {  // accents: a bell on the voice's note (+ a spike's click)
+          const k = silent && silent[v] ? SILENT : kinds[v];
+          if ((k !== TONE && k !== OVER) || !(bits[v] & (SPIKE_BIT | COLLAPSE_BIT))) continue;
+          const theta = voices > 1 ? 0.5 * Math.PI * v / (voices - 1) : 0.25 * Math.PI;
+          const g = gainB * (c === 0 ? Math.cos(theta) : Math.sin(theta)), note = this.nearestNote(this.clamp(freqs[v]));
+          for (let n = 0; n < N; n++) {
+            out[offset + n] += g * a.waves[note * N + n] * a.bellEnv[n];
+            if (bits[v] & SPIKE_BIT) out[offset + n] += 0.5 * a.click[n];
+          }
+        }
+      } else {
+        for (let n = 0; n < N; n++) out[offset + n] = a.alarm[n];
+      }
+      for (let n = 0; n < N; n++) {  // the soft knee (ambient.py's KNEE = 0.5)
+        const x = out[offset + n], m = Math.abs(x);
+        out[offset + n] = Math.fround(m > 0.5 ? Math.sign(x) * (0.5 + 0.5 * Math.tanh((m - 0.5) / 0.5)) : x);
+      }
     }
   }
 }
