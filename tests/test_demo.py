@@ -159,5 +159,5 @@ def test_docs_build_without_warnings(tmp_path):
                            str(tmp_path / "site")], cwd=REPO, capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 0, proc.stderr
-    assert (tmp_path / "site" / "presets.html").read_text().count("<audio") == 7
+    assert (tmp_path / "site" / "presets.html").read_text().count("<audio") == 10
     assert (tmp_path / "site" / "assets" / "sgd-lr1.0-bs256.ogg").stat().st_size > 10_000
