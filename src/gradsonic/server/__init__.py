@@ -22,7 +22,13 @@ anything; a run is addressed by its id, which must be one of the recordings foun
 followed, and a malformed request gets a 4xx.
 """
 
-from .app import is_loopback
-from .server import DEFAULT_PORT, Server, parse_serve, serve
+try:
+    import tornado  # noqa: F401
+except ModuleNotFoundError as e:  # an extra: say which
+    raise ModuleNotFoundError("gradsonic serve needs Tornado: pip install 'gradsonic[serve]' "
+                              "(or pip install tornado)", name="tornado") from e
+
+from .app import is_loopback  # noqa: E402
+from .server import DEFAULT_PORT, Server, parse_serve, serve  # noqa: E402
 
 __all__ = ["DEFAULT_PORT", "Server", "is_loopback", "parse_serve", "serve"]
