@@ -10,19 +10,12 @@ import pytest
 
 from gradsonic.server import Server
 
-from .fixtures.browser import launch, page_of, require_browser
+from .fixtures.browser import browser, page_of  # noqa: F401 (browser: a fixture)
 from .test_serve import Writer, noisy
 
 WCAG = ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa", "wcag22aa"]
 
 
-@pytest.fixture(scope="module")
-def browser():
-    sync_playwright = require_browser()
-    with sync_playwright() as p:
-        b = launch(p)
-        yield b
-        b.close()
 
 
 @pytest.fixture

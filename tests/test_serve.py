@@ -26,7 +26,7 @@ from gradsonic.render import frames
 from gradsonic.server import Server
 from gradsonic.sinks.base import StepBlock
 
-from .fixtures.browser import launch, page_of, require_browser
+from .fixtures.browser import browser, page_of  # noqa: F401 (browser: a fixture)
 from .fixtures.models import TinyMLP, train_steps
 
 HERE = Path(__file__).parent
@@ -359,13 +359,6 @@ def test_sonifier_serve_in_process(tmp_path):
 # ---- the page in a real Chromium -----------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def browser():
-    sync_playwright = require_browser()
-    with sync_playwright() as p:
-        b = launch(p)
-        yield b
-        b.close()
 
 
 def latest(page):

@@ -48,6 +48,14 @@ NOTE_CEILING_HZ = 5000.0  # higher notes would be shrill for hours
 TRIAD = (4, 5, 6)
 
 
+def pan(voices: int) -> np.ndarray:
+    """``[voices, 2]`` constant-power gains (left ``cos``, right ``sin`` of
+    ``pi/2 * i / (voices - 1)``): voices panned by depth, the chord and ambient layouts'."""
+    theta = (0.5 * math.pi * np.arange(voices) / (voices - 1) if voices > 1
+             else np.full(voices, 0.25 * math.pi))
+    return np.stack([np.cos(theta), np.sin(theta)], axis=1)
+
+
 def note_grid(sample_rate: int, step_samples: int, max_hz: float) -> np.ndarray:
     """The harmonics ``k`` of the step rate the ambient layout plays, ascending."""
     base = sample_rate / step_samples
@@ -60,8 +68,8 @@ def note_grid(sample_rate: int, step_samples: int, max_hz: float) -> np.ndarray:
 class Ambient:
     """Renders steps of the ambient layout (stereo) for one synth's settings."""
 
-    def __init__(self, sample_rate: int, step_samples: int, tone_samples: int, amplitude: float,
-                 max_hz: float, alarm_noise: np.ndarray, click: np.ndarray) -> None:
+    def __init__(self, sample_rate: int, step_samples: int, amplitude: float, max_hz: float,
+                 alarm_noise: np.ndarray, click: np.ndarray) -> None:
         self.S = step_samples
         self.sample_rate = sample_rate
         self.amplitude = amplitude
@@ -102,20 +110,18 @@ class Ambient:
     def levels(self, freqs: np.ndarray, kinds: np.ndarray) -> np.ndarray:
         """``[steps, notes, 2]``: each note's level per channel (voices panned by depth)."""
         steps, voices = kinds.shape
-        theta = (0.5 * math.pi * np.arange(voices) / (voices - 1) if voices > 1
-                 else np.full(voices, 0.25 * math.pi))
-        pan = np.stack([np.cos(theta), np.sin(theta)], axis=1)  # [V, 2]
+        gains = pan(voices)  # [V, 2]
         gain = AMBIENT_GAIN * self.amplitude / math.sqrt(max(voices, 1))
         out = np.zeros((steps, len(self.ks), 2))
         sounding = (kinds == TONE) | (kinds == OVER)
         if sounding.any():
             s, v = np.nonzero(sounding)
             note = self.notes(freqs[s, v])
-            np.add.at(out, (s, note), gain * pan[v])
+            np.add.at(out, (s, note), gain * gains[v])
             over = kinds[s, v] == OVER  # beyond the band: the octave above joins in
             if over.any():
                 up = np.minimum(self.notes(2.0 * freqs[s, v][over]), len(self.ks) - 1)
-                np.add.at(out, (s[over], up), 0.5 * gain * pan[v[over]])
+                np.add.at(out, (s[over], up), 0.5 * gain * gains[v[over]])
         return out
 
     def render(self, freqs: np.ndarray, kinds: np.ndarray, marks: np.ndarray | None,
@@ -155,14 +161,13 @@ class Ambient:
         accented = sounding & ((marks & (SPIKE | COLLAPSE)) > 0)
         if not accented.any():
             return
-        steps, voices = kinds.shape
-        theta = (0.5 * math.pi * np.arange(voices) / (voices - 1) if voices > 1
-                 else np.full(voices, 0.25 * math.pi))
+        voices = kinds.shape[1]
+        gains = pan(voices)
         gain = BELL_GAIN * AMBIENT_GAIN * self.amplitude / math.sqrt(max(voices, 1))
         s, v = np.nonzero(accented)
         bell = self.waves[self.notes(freqs[s, v])] * self.bell_env  # [n, S]
         spike = (marks[s, v] & SPIKE) > 0
-        for c, g in enumerate((np.cos(theta), np.sin(theta))):
+        for c, g in enumerate(gains.T):
             np.add.at(out[:, :, c], s, gain * g[v][:, None] * bell)
             if spike.any():  # the spike's click, as in the other layouts
                 np.add.at(out[:, :, c], s[spike], 0.5 * self.click[None, :])

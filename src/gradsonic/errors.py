@@ -27,14 +27,25 @@ class GradsonicWarning(UserWarning):
     """Soft problems: a failed sink, a worker error reported on the training thread."""
 
 
-def user_stacklevel() -> int:
-    """The ``stacklevel`` that makes a warning point at the first caller outside gradsonic
-    (the user's line), however deep inside the package it is raised."""
+def _user_frame() -> tuple[object, int]:
+    """The first frame outside gradsonic up the stack, and its depth from the caller's caller."""
     import os
     import sys
 
     here = os.path.dirname(os.path.abspath(__file__))
-    frame, level = sys._getframe(1), 1
+    frame, level = sys._getframe(2), 1
     while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(here):
         frame, level = frame.f_back, level + 1
-    return level
+    return frame, level
+
+
+def user_stacklevel() -> int:
+    """The ``stacklevel`` that makes a warning point at the first caller outside gradsonic
+    (the user's line), however deep inside the package it is raised."""
+    return _user_frame()[1]
+
+
+def user_line() -> str:
+    """``file:line`` of the first caller outside gradsonic ('who writes this file')."""
+    frame = _user_frame()[0]
+    return "unknown" if frame is None else f"{frame.f_code.co_filename}:{frame.f_lineno}"

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import os
 import sys
-import traceback
 import warnings
 import weakref
 from types import TracebackType
@@ -28,7 +27,7 @@ from torch import nn
 
 from ._signals import install_sigterm_exit
 from .accents import Accents
-from .errors import ConfigError, ConfigTypeError, GradsonicError, GradsonicWarning
+from .errors import ConfigError, ConfigTypeError, GradsonicError, GradsonicWarning, user_line
 from .hooks import ScalerHook, StepHook, torch_optimizer
 from .mapping import MappingLike
 from .outputs import Outputs
@@ -169,7 +168,7 @@ class GradientSonifier:
             return
         self._closed = True
         out = self._outputs.open(self._tap, self.sound, f"the GradientSonifier created at "
-                                                        f"{_caller()}")
+                                                        f"{user_line()}")
         self.sinks, self.server, self._step = tuple(out), self._outputs.server, \
             self._outputs.start_step
         max_pending = min([max_pending] + [s.max_pending for s in out if s.max_pending])
@@ -461,12 +460,3 @@ def _process_rank() -> int | None:
         return dist.get_rank()
     rank = os.environ.get("RANK", "")
     return int(rank) if rank.isdigit() else None
-
-
-def _caller() -> str:
-    """``file:line`` of the code that created the sonifier (for 'who writes this file')."""
-    here = os.path.dirname(os.path.abspath(__file__))
-    for frame in reversed(traceback.extract_stack()[:-1]):
-        if not os.path.abspath(frame.filename).startswith(here):
-            return f"{frame.filename}:{frame.lineno}"
-    return "unknown"

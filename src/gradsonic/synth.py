@@ -45,6 +45,7 @@ import numpy as np
 from ._options import StrEnum, check_number
 from .errors import ConfigError
 from .accents import COLLAPSE, SPIKE
+from .ambient import Ambient, pan
 from .mapping import ALARM, OVER, SILENT, TONE
 
 MIN_HZ = 20.0
@@ -55,11 +56,6 @@ ALARM_SEED = 0x6A5
 OVER_PEAK = 1.1278091066  # max of sin x + 0.5 sin 3x + 0.25 sin 5x
 ALARM_GAIN = 4.0  # the alarm's noise against a tone's amplitude: ~+10 dB over a sine's level
 _CHUNK_TONES = 128  # tones rendered per inner pass
-
-
-def amplitude_free(noise: np.ndarray, env: np.ndarray) -> np.ndarray:
-    """The alarm's noise burst without its level (the ambient layout sets its own)."""
-    return noise * env
 
 
 class Layout(StrEnum):
@@ -118,12 +114,9 @@ class Synth:
         self._click = (1.5 * self.amplitude * click * np.exp(-n / (0.0005 * self.sample_rate))
                        ).astype(np.float32)
         self._ambient = None
-        if self.layout is Layout.AMBIENT:
-            from .ambient import Ambient
-
+        if self.layout is Layout.AMBIENT:  # (its alarm: the same noise, at its own level)
             self._ambient = Ambient(self.sample_rate, self.tone_samples + self.silence_samples,
-                                    self.tone_samples, self.amplitude, self.max_hz,
-                                    amplitude_free(noise, env), self._click)
+                                    self.amplitude, self.max_hz, noise * env, self._click)
         self._buf64: np.ndarray | None = None
         self._tmp64: np.ndarray | None = None
         self._buf32: np.ndarray | None = None
@@ -180,9 +173,7 @@ class Synth:
         T = self.tone_samples
         tones = sequence.reshape(steps, voices * T + self.silence_samples)[:, : voices * T]
         tones = tones.reshape(steps, voices, T)
-        theta = (0.5 * math.pi * np.arange(voices) / (voices - 1) if voices > 1
-                 else np.full(voices, 0.25 * math.pi))
-        gains = np.stack([np.cos(theta), np.sin(theta)]) / math.sqrt(max(voices, 1))  # [2, V]
+        gains = pan(voices).T / math.sqrt(max(voices, 1))  # [2, V]
         out = np.zeros((steps, T + self.silence_samples, 2), dtype=np.float32)
         out[:, :T, :] = np.einsum("cv,svt->stc", gains, tones)
         np.clip(out, -1.0, 1.0, out=out)
