@@ -449,7 +449,9 @@ def test_hf_trainer_report_to_tensorboard_gets_the_sound(tmp_path):
     assert "train/loss" in tags
     norm_tags = [t for t in tags if t.startswith("gradsonic/norm/")]
     # the Trainer's global_step counts from 1: gradsonic's step 0 is logged at 1
-    assert norm_tags and [e.step for e in ea.Scalars(norm_tags[0])] == list(range(1, 13))
+    # every step once, at HF's 1-based global step (the order across event files depends on when
+    # the Trainer closed its writer against the worker's last block: not asserted)
+    assert norm_tags and sorted(e.step for e in ea.Scalars(norm_tags[0])) == list(range(1, 13))
     assert [e.step for e in ea.Scalars("train/loss")] == [4, 8, 12]
     assert ea.Audio("gradsonic/audio")[-1].step == 12
     # the callback closed its writer before gradsonic was done: the file gradsonic reopened for
