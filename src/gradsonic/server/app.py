@@ -34,6 +34,7 @@ from ..recording import RecordingError
 from . import stream as live
 
 STATIC = {"index.html": "text/html; charset=utf-8", "app.js": "text/javascript; charset=utf-8",
+          "view.js": "text/javascript; charset=utf-8", "view.css": "text/css; charset=utf-8",
           "synth.js": "text/javascript; charset=utf-8", "style.css": "text/css; charset=utf-8"}
 LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1"}
 # Host: a DNS name or IPv4 address, or an IPv6 address in brackets, then an optional port
