@@ -32,6 +32,7 @@ from .recording import (FLAG_SKIPPED, RecordingError, check_settings, continues,
 #: bits of the per-voice byte a page receives
 MISSING_BIT, SPIKE_BIT, COLLAPSE_BIT = 1, 2, 4
 MAX_BATCH = 4096  # rows per encoded batch
+ARRAYS = ("steps", "norms", "bits", "skipped")  # the arrays of a batch, in this order
 
 
 class TailReset(Exception):
@@ -212,15 +213,15 @@ class Tail:
             row += k
         return out
 
-    def batches(self, lo: int, hi: int) -> list[dict[str, Any]]:
-        """:func:`encode`-d rows ``lo .. hi - 1``, in batches of at most ``MAX_BATCH`` rows that
-        never span two parts (each has one voice count)."""
+    def batches(self, lo: int, hi: int, raw: bool = False) -> list[dict[str, Any]]:
+        """:meth:`encode`-d rows ``lo .. hi - 1`` (with ``raw``: :meth:`arrays`), in batches of
+        at most ``MAX_BATCH`` rows that never span two parts (each has one voice count)."""
         out = []
         hi = min(hi, self.rows)
         while lo < hi:
             part = self.parts[self._part_at(lo)]
             end = min(hi, lo + MAX_BATCH, part.start + part.rows)
-            out.append(self.encode(lo, end))
+            out.append(self.arrays(lo, end) if raw else self.encode(lo, end))
             lo = end
         return out
 
@@ -236,18 +237,58 @@ class Tail:
             detector.mark(warm.norms[:, :voices], warm.missing[:, :voices])
         return detector.mark(rows.norms, rows.missing)
 
-    def encode(self, lo: int, hi: int) -> dict[str, Any]:
-        """Rows ``lo .. hi - 1`` as the page receives them (see the module docstring)."""
+    def arrays(self, lo: int, hi: int) -> dict[str, Any]:
+        """Rows ``lo .. hi - 1`` as a view receives them (see the module docstring), as arrays:
+        ``first``, ``n``, ``voices`` and the little-endian ``steps`` (f8), ``norms`` (f4 [n, voices]),
+        ``bits`` (u1 [n, voices]) and ``skipped`` (u1)."""
         rows = self.read(lo, hi)
         voices = int(rows.voice_counts.max()) if len(rows.steps) else self.parts[-1].voices
         marks = self.marks(rows)[:, :voices]
         bits = (np.where(rows.missing[:, :voices], MISSING_BIT, 0)
                 | np.where(marks & 1, SPIKE_BIT, 0) | np.where(marks & 2, COLLAPSE_BIT, 0))
         return {"first": rows.first, "n": len(rows.steps), "voices": voices,
-                "steps": b64(rows.steps.astype("<f8")),
-                "norms": b64(rows.norms[:, :voices].astype("<f4")),
-                "bits": b64(bits.astype(np.uint8)),
-                "skipped": b64(rows.skipped.astype(np.uint8))}
+                "steps": rows.steps.astype("<f8"),
+                "norms": np.ascontiguousarray(rows.norms[:, :voices], "<f4"),
+                "bits": bits.astype(np.uint8), "skipped": rows.skipped.astype(np.uint8)}
+
+    def encode(self, lo: int, hi: int) -> dict[str, Any]:
+        """Rows ``lo .. hi - 1`` as the page receives them: :meth:`arrays` in base64."""
+        out = self.arrays(lo, hi)
+        for key in ARRAYS:
+            out[key] = b64(out[key])
+        return out
+
+    def view_meta(self) -> dict[str, Any]:
+        """What a view of this run (the serve page, the notebook widget) needs to draw and
+        synthesise it exactly as gradsonic would: its voices, settings, mapping and the synth's
+        settings and tables (envelope, alarm noise, click: computed by the Python synth)."""
+        from .errors import ConfigError
+        from .mapping import LogMapping, mapping_from_settings, mapping_settings
+        from .render import synth_from_settings
+        from .synth import OVER_PEAK
+
+        settings = self.settings
+        note = None
+        try:
+            mapping = mapping_from_settings(settings.get("mapping", {"kind": "log"}))
+        except ConfigError:
+            mapping = LogMapping()
+            note = ("this run used a custom mapping, which a page cannot rebuild: it plays "
+                    "with the default log mapping")
+        synth, _ = synth_from_settings(settings, mapping=mapping)
+        return {
+            "layer_names": self.layer_names, "rows": self.rows,
+            "settings": settings, "created": self.header.get("created"),
+            "mapping": mapping_settings(mapping),
+            "mapping_note": note,
+            "synth": {"sample_rate": synth.sample_rate, "channels": synth.channels,
+                      "layout": synth.layout.value, "tone_samples": synth.tone_samples,
+                      "silence_samples": synth.silence_samples, "min_hz": synth.min_hz,
+                      "max_hz": synth.max_hz, "over_peak": OVER_PEAK,
+                      "every": int(settings.get("every") or 1),
+                      **{name: b64(table.astype("<f4"))
+                         for name, table in synth.tables().items()}},
+        }
 
 
 def _check(rows: np.ndarray, path: Path) -> None:

@@ -1,7 +1,10 @@
-"""Hear a run inline in Jupyter: ``gradsonic.notebook.play("run.gsr")`` or ``son.audio()``.
+"""Hear a run inline in Jupyter.
 
-Returns an ``IPython.display.Audio`` (the usual way to get sound out of a remote kernel: the browser
-plays it). Needs IPython; imported only here.
+``show("run.gsr")``: the run's view (plot, pitch strip, voices, sound synthesised in the browser)
+as a widget that follows the recording while it grows - ``son.widget()`` does the same for the
+run being trained (:mod:`gradsonic.widget`, needs anywidget). ``play(path)`` and ``son.audio()``:
+an ``IPython.display.Audio`` of the rendered sound (the browser plays it). Needs IPython;
+imported only here.
 """
 
 from __future__ import annotations
@@ -46,3 +49,15 @@ def audio(frames: np.ndarray, sample_rate: int) -> Any:
 def play(path: str | os.PathLike[str]) -> Any:
     """An ``IPython.display.Audio`` of a WAV/FLAC/OGG file or a gradsonic recording."""
     return audio(*load_audio(path))
+
+
+def show(path: str | os.PathLike[str]) -> Any:
+    """A widget showing and playing a recording (``.gsr``), following it while another process
+    writes it (see :mod:`gradsonic.widget`)."""
+    from .widget import RunWidget
+
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"show() opens a gradsonic recording (.gsr): no file at {str(p)!r}")
+
+    return RunWidget(p, name=f"{p.parent.name}/{p.name}")

@@ -31,6 +31,7 @@ from .errors import ConfigError, ConfigTypeError, GradsonicError, GradsonicWarni
 from .hooks import ScalerHook, StepHook, torch_optimizer
 from .mapping import MappingLike
 from .outputs import Outputs
+from .recording import RecordSink
 from .pipeline import NO_STEP, Command, Stats, Worker, finish, stop
 from .settings import SoundSettings
 from .sinks.base import Sink
@@ -381,6 +382,21 @@ class GradientSonifier:
             self.flush()
         parts = [load_audio(p)[0] for p in wav.paths]
         return audio(np.concatenate(parts), self.synth.sample_rate)
+
+    def widget(self) -> Any:
+        """This run's live view in a notebook output: voices, norm plot, pitch strip and accents,
+        following the run as it trains and playing it in the browser (:mod:`gradsonic.widget`;
+        needs anywidget). It plays from the run's recording."""
+        from .widget import RunWidget
+
+        rec = next((s for s in self.sinks if isinstance(s, RecordSink)), None)
+        if rec is None:
+            raise ConfigError("widget() shows the run's recording: keep record= on (the default "
+                              "with wav='auto'), or pass record='run.gsr'")
+        sink = weakref.ref(rec)  # written to until it is closed, after the last row
+        first = rec.paths[0]  # later parts (more voices) are followed from it
+        return RunWidget(first, name=f"{first.parent.name}/{first.name}",
+                         writing=lambda: (s := sink()) is not None and not s.closed)
 
     def close(self) -> None:
         """Detach, render every queued step, close the sinks. Safe to call again."""

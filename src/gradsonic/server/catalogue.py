@@ -17,9 +17,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError
 from ..files import writer_pid
-from ..follow import MAX_BATCH, Tail, TailReset, b64
+from ..follow import MAX_BATCH, Tail, TailReset
 from ..recording import RecordingError, read_header
 
 RUNS_SECONDS = 1.0  # how long the list of runs under the root is reused
@@ -180,30 +179,4 @@ class Catalogue:
             return self._meta(run_id, path, tail)
 
     def _meta(self, run_id: str, path: Path, tail: Tail) -> dict[str, Any]:
-        from ..mapping import LogMapping, mapping_from_settings, mapping_settings
-        from ..render import synth_from_settings
-        from ..synth import OVER_PEAK
-
-        settings = tail.settings
-        note = None
-        try:
-            mapping = mapping_from_settings(settings.get("mapping", {"kind": "log"}))
-        except ConfigError:
-            mapping = LogMapping()
-            note = ("this run used a custom mapping, which a page cannot rebuild: it plays "
-                    "with the default log mapping")
-        synth, _ = synth_from_settings(settings, mapping=mapping)
-        return {
-            "id": run_id, "layer_names": tail.layer_names, "rows": tail.rows,
-            "settings": settings, "created": tail.header.get("created"),
-            "writing": writer_pid(path) is not None,
-            "mapping": mapping_settings(mapping),
-            "mapping_note": note,
-            "synth": {"sample_rate": synth.sample_rate, "channels": synth.channels,
-                      "layout": synth.layout.value, "tone_samples": synth.tone_samples,
-                      "silence_samples": synth.silence_samples, "min_hz": synth.min_hz,
-                      "max_hz": synth.max_hz, "over_peak": OVER_PEAK,
-                      "every": int(settings.get("every") or 1),
-                      **{name: b64(table.astype("<f4"))
-                         for name, table in synth.tables().items()}},
-        }
+        return {"id": run_id, "writing": writer_pid(path) is not None, **tail.view_meta()}

@@ -4,8 +4,8 @@
 // the view's own root element (ids carry a prefix), so several views can live on one page.
 //
 // A source has: meta() -> the run's settings and synth tables (GET /api/run); connect(handlers,
-// from) -> calls handlers.voices(names), rows(batch), state({writing, dropped}), reset(),
-// bye(text), connection(text); rows(from, to) -> decoded batches filling a gap (or [] when the
+// from) -> calls handlers.voices(names), rows(batch), state({writing, dropped}), bye(text),
+// connection(text) (a source whose run is cut back starts its view again); rows(from, to) -> decoded batches filling a gap (or [] when the
 // source sends them by itself).
 "use strict";
 const G = window.GradsonicSynth;
@@ -157,7 +157,6 @@ class RunView {
       voices: (names) => this.setVoices(names),
       rows: (b) => this.receive(b),
       state: (st) => { this.writing = st.writing; this.serverDropped = st.dropped || 0; this.showStatus(); },
-      reset: () => this.reset?.(),
       bye: (text) => { this.writing = false; this.$("connection").textContent = text; this.showStatus(); },
       connection: (text) => { this.$("connection").textContent = text; },
     };
@@ -251,13 +250,13 @@ class RunView {
     this.$("next-alarm").onclick = () => this.jump(isAlarm);
     this.$("next-accent").onclick = () => this.jump(isAccent);
     for (const id of ["plot", "strip"]) {
-      $(id).onclick = (e) => {
+      this.$(id).onclick = (e) => {
         const rect = e.target.getBoundingClientRect();
         const row = Math.floor((e.clientX - rect.left) / rect.width * this.store.next);
         this.seek(Math.max(0, Math.min(row, this.store.next - 1)), true);
         this.explore = null;
       };
-      $(id).onmousemove = (e) => this.hover(e, id === "strip");
+      this.$(id).onmousemove = (e) => this.hover(e, id === "strip");
     }
     if (window.ResizeObserver) new ResizeObserver(() => { this.dirty = true; }).observe(this.$("plot"));
     else window.addEventListener("resize", () => { this.dirty = true; });
@@ -752,7 +751,7 @@ class RunView {
     this.lastCursor = row;
     const N = this.store.next;
     for (const [id, img] of [["plot", this.cursorCache.plot], ["strip", this.cursorCache.strip]]) {
-      const cv = $(id), ctx = cv.getContext("2d", { willReadFrequently: true });
+      const cv = this.$(id), ctx = cv.getContext("2d", { willReadFrequently: true });
       if (img.width !== cv.width) { this.dirty = true; return; }
       ctx.putImageData(img, 0, 0);
       const x = Math.round((row + 0.5) / N * cv.width);
