@@ -1,7 +1,9 @@
 """Rebuild docs/assets: the seed presets and a 75-layer model as short OGG clips with their plots,
-the mapping picture, and a screenshot of the ``gradsonic serve`` page (real headless Chromium).
+the mapping picture, and screenshots of the ``gradsonic serve`` page and the notebook widget (real
+headless Chromium; the widget in a real JupyterLab running examples/notebook_widget.ipynb).
 
-    python scripts/make_docs_assets.py        # uses the embedded MNIST subset; ~1 minute
+    python scripts/make_docs_assets.py        # uses the embedded MNIST subset; ~2 minutes
+    python scripts/make_docs_assets.py widget # only the widget's screenshot (also: serve, listen)
 
 Clips are rendered with the defaults a user gets (the log mapping, accents, at most 16 voices);
 the presets were recorded with the demo's 2019 mapping and are re-rendered from their recordings.
@@ -110,6 +112,34 @@ def serve_screenshot(recordings: Path) -> None:
         browser.close()
 
 
+def widget_screenshot(tmp: Path) -> None:
+    """The notebook widget in JupyterLab after examples/notebook_widget.ipynb's training cell."""
+    import shutil
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+    from fixtures.browser import CHROMIUM
+    from fixtures.jupyter import KERNEL_IDLE, TOKEN, jupyter_app, run_next_cell
+    from playwright.sync_api import sync_playwright
+
+    example = Path(__file__).resolve().parent.parent / "examples" / "notebook_widget.ipynb"
+    shutil.copy(example, tmp / "notebook_widget.ipynb")
+    with jupyter_app("lab", tmp) as base, sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1100, "height": 1000})
+        page.goto(f"{base}lab/tree/notebook_widget.ipynb?token={TOKEN}")
+        page.wait_for_function(KERNEL_IDLE, timeout=120_000)
+        page.evaluate("() => jupyterapp.commands.execute('notebook:run-cell-and-select-next')")
+        for _ in range(2):  # the widget, then training
+            run_next_cell(page)
+            page.wait_for_function(KERNEL_IDLE, timeout=600_000)
+        view = "document.querySelector('.gs-run').gradsonicView"
+        page.wait_for_function(f"{view}.writing === false && {view}.store.next === 400", timeout=600_000)
+        page.evaluate("() => jupyterapp.commands.execute('application:toggle-left-area')")
+        page.wait_for_timeout(500)
+        page.locator(".gs-run").first.screenshot(path=str(ASSETS / "widget.png"))
+        browser.close()
+
+
 def listening(tmp: Path) -> None:
     """The listenability benchmark's run (lr x60 at 150-169, NaN at 250), steps 100-280, in each
     layout."""
@@ -128,6 +158,10 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             listening(Path(tmp))
         return
+    if sys.argv[1:] == ["widget"]:  # only the notebook widget's screenshot
+        with tempfile.TemporaryDirectory() as tmp:
+            widget_screenshot(Path(tmp))
+        return
     if sys.argv[1:] == ["serve"]:  # only the page's screenshots
         with tempfile.TemporaryDirectory() as tmp:
             large_model(Path(tmp), assets=False)
@@ -144,6 +178,8 @@ def main() -> None:
         large_model(Path(tmp))
         listening(Path(tmp))
         serve_screenshot(Path(tmp))
+    with tempfile.TemporaryDirectory() as tmp:
+        widget_screenshot(Path(tmp))
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ widget live in a real JupyterLab and Notebook 7 with a real kernel, driven from 
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 import time
 
 import numpy as np
@@ -220,3 +221,24 @@ def test_widget_reads_recording_tail_like_the_server(tmp_path):
     for key, dtype in [("steps", "<f8"), ("norms", "<f4"), ("bits", "u1"), ("skipped", "u1")]:
         np.testing.assert_array_equal(
             np.frombuffer(base64.b64decode(enc[key]), dtype), raw[key].reshape(-1))
+
+
+def test_the_example_notebook_runs(tmp_path):
+    """examples/notebook_widget.ipynb, executed by a real kernel (40 steps instead of 400): the
+    widget is shown twice (live, then from the recording) and the run is complete."""
+    import json
+
+    import nbclient  # (jupyter_server -> nbconvert -> nbclient)
+    import nbformat
+
+    src = Path(__file__).resolve().parent.parent / "examples" / "notebook_widget.ipynb"
+    text = src.read_text()
+    assert "range(400)" in text
+    nb = nbformat.reads(text.replace("range(400)", "range(40)"), as_version=4)
+    nbclient.NotebookClient(nb, timeout=300, resources={"metadata": {"path": str(tmp_path)}}).execute()
+    views = [o for c in nb.cells for o in c.get("outputs", [])
+             if "application/vnd.jupyter.widget-view+json" in o.get("data", {})]
+    assert len(views) == 2
+    assert read_recording(tmp_path / "gradsonic-runs" / "notebook" / "run.gsr").steps.tolist() == \
+        list(range(40))
+    assert json.loads(json.dumps(nb.cells[2]["outputs"][-1]))["text"].startswith("40 steps")
