@@ -200,6 +200,14 @@ def test_widget_follows_training_live_in_jupyter(tmp_path, browser, kind):  # no
             want = want.reshape(len(want), -1).T
             assert got.shape == want.shape
             assert np.abs(got - want).max() <= 1e-4
+        # the widget's own markup passes axe-core's WCAG 2.2 A/AA checks, as the page does
+        from axe_playwright_python.sync_playwright import Axe
+
+        from .test_page_access import WCAG
+
+        found = Axe().run(page, context=".gs-run", options={"runOnly": {"type": "tag",
+                                                                          "values": WCAG}})
+        assert [v["id"] for v in found.response["violations"]] == []
         ctx.close()
     # Notebook 7's own document model reports one error while it loads a notebook written on
     # disk (in its notebook_core bundle, not in the widget); any other page error fails.
