@@ -14,7 +14,6 @@ import inspect
 import queue
 import sys
 import threading
-import time
 import traceback
 import weakref
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from ._threads import lower_priority
 from .accents import AccentDetector, Accents
 from .mapping import ALARM, SILENT, plan_tones, sounded
 from .norms import PendingNorms, StepRecord, resolve_block
@@ -58,6 +58,7 @@ class Worker(threading.Thread):
                  max_pending: int, accents: Accents | None = None, every: int = 1) -> None:
         super().__init__(name="gradsonic-worker", daemon=True)
         self.queue: queue.Queue[PendingNorms | Command] = queue.Queue(max_pending)
+        self.urgent = threading.Event()  # set with each command: no batching wait
         self.mapping = mapping
         self.synth = synth
         self.sinks = sinks
@@ -78,17 +79,25 @@ class Worker(threading.Thread):
         self.caller_reports = False  # close() reports what is left; at gc/exit, stderr does
         self.audio_ok = True
 
+    def command(self, cmd: Command) -> None:
+        """Queue a command (after the steps already queued) and wake the worker for it."""
+        self.queue.put(cmd)
+        self.urgent.set()
+
     def _fail(self, where: str, exc: BaseException) -> None:
         self.errors.append((where, exc, "".join(traceback.format_exception(exc))))
 
     def run(self) -> None:
+        lower_priority()
         stop: Command | None = None
         while stop is None:
             items = [self.queue.get()]
             if not isinstance(items[0], Command):
                 # Let steps pile up for a moment (sleeping, without the GIL): rendering many
-                # steps per wake-up costs training far less than waking up for every step.
-                time.sleep(self.interval)
+                # steps per wake-up costs training far less than waking up for every step. A
+                # command (flush, close) cuts the wait short.
+                self.urgent.wait(self.interval)
+            self.urgent.clear()
             while len(items) < _MAX_BATCH:
                 try:
                     items.append(self.queue.get_nowait())
@@ -270,6 +279,5 @@ def print_errors(worker: Worker) -> None:
 
 def stop(worker: Worker) -> None:
     if worker.is_alive():
-        cmd = Command("stop")
-        worker.queue.put(cmd)
+        worker.command(Command("stop"))
         worker.join()

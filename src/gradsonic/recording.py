@@ -11,7 +11,7 @@ Format ``gradsonic-recording`` version 1 (little-endian)::
                 float32 norms[L] (NaN where missing) | float32 scalars[S] (NaN if not logged) |
                 uint8 missing[L] | zero padding to 8 bytes   (S = len(header["scalars"]))
 
-Rows are appended as training runs and flushed + ``fsync``-ed at least every second, so after a
+Rows are appended as training runs and flushed + ``fsync``-ed at least every 0.5 s, so after a
 crash or SIGKILL a reader gets every complete row written until then (a torn last row is
 ignored). Memory stays flat: nothing is kept.
 
@@ -75,7 +75,7 @@ class RecordSink(Sink):
     _file: Any = None
 
     def __init__(self, path: str | os.PathLike[str], layer_names: tuple[str, ...],
-                 settings: dict[str, Any], flush_interval: float = 1.0,
+                 settings: dict[str, Any], flush_interval: float = 0.5,
                  scalars: tuple[str, ...] = (), resume: bool = False) -> None:
         self.path = check_writable(path, "record")
         self._base = self.path.absolute()

@@ -436,7 +436,7 @@ class GradientSonifier:
     def _command(self, kind: str) -> None:
         assert self._worker is not None
         cmd = Command(kind)
-        self._worker.queue.put(cmd)
+        self._worker.command(cmd)
         while not cmd.done.wait(0.1):
             if not self._worker.is_alive():
                 break

@@ -31,6 +31,7 @@ except ModuleNotFoundError as e:  # pragma: no cover - depends on the environmen
     raise ModuleNotFoundError("the notebook widget needs anywidget: pip install anywidget "
                               "(or pip install 'gradsonic[notebook]')") from e
 
+from ._threads import lower_priority
 from .files import writer_pid
 from .follow import ARRAYS, MAX_BATCH, Tail, TailReset
 
@@ -153,6 +154,7 @@ class RunWidget(anywidget.AnyWidget):
 def _follow(ref: "weakref.ref[RunWidget]", stop: threading.Event) -> None:
     """The widget's thread: poll every SEND_SECONDS while the run is written (and a little
     after); holds the widget weakly, so a widget nobody shows any more is let go."""
+    lower_priority()
     finished_at = None
     while not stop.wait(SEND_SECONDS):
         w = ref()

@@ -20,6 +20,7 @@ from typing import Any
 
 import tornado.netutil
 
+from .._threads import lower_priority
 from ..errors import ConfigError
 from ..recording import read_header
 from . import stream as live
@@ -108,6 +109,7 @@ class Server:
         return self
 
     def _run(self) -> None:
+        lower_priority()  # (in a training process: training first)
         loop = self._loop = asyncio.new_event_loop()
         asyncio.set_event_loop(loop)
         self.closing = asyncio.Event()

@@ -52,8 +52,10 @@ class Sink:
     #: 1 (mono, the sequence layout) or 2 (stereo, the chord layout); set by the sonifier.
     channels: int = 1
     #: How long (seconds) frames may wait before reaching this sink. The worker batches steps
-    #: for the smallest ``max_delay`` among its sinks: longer batches cost training less.
-    max_delay: float = 0.1
+    #: for the smallest ``max_delay`` among its sinks: longer batches cost training less (each
+    #: wake-up of the worker costs ~0.3 ms of CPU whatever it renders; benchmarks/RESULTS.md).
+    #: Files and loggers take half a second; live audio asks for 20 ms.
+    max_delay: float = 0.5
 
     def prepare(self, sample_rate: int) -> None:
         """Called first, for every sink, before any sink is opened: take locks, check what is

@@ -2,13 +2,14 @@
 
 Written by hand (RIFF is simple) rather than through libsndfile so that the file is exactly a
 plain ``fmt ``/``fact``/``data`` WAV that every reader (scipy.io.wavfile included) opens without
-warnings, and so that the header is rewritten on a schedule: once ``flush_interval`` seconds (1 s
+warnings, and so that the header is rewritten on a schedule: once ``flush_interval`` seconds (0.5 s
 by default) of wall time *or* of audio have passed since the last time, the header is updated and
 the file flushed and ``fsync``-ed. A WAV holds at most 4 GiB (~6.7 h of float32 audio at 44.1 kHz):
 a longer run goes on in ``run-002.wav``, ``run-003.wav``, ... (each a complete WAV of whole steps;
-``sink.paths`` lists them). A SIGKILL or power loss therefore loses at most about one
+``sink.paths`` lists them). A SIGKILL or power loss therefore loses at most about half a
 second of the latest audio, plus the steps the sonifier's worker had not yet received (it
-collects steps for up to ``max_delay`` = 0.1 s). ``close()`` writes the final header.
+collects steps for up to ``max_delay`` = 0.5 s): about a second in all. ``close()`` writes the
+final header.
 
 The file is opened without truncation and locked (:class:`gradsonic.files.ExclusiveFile`) in
 :meth:`WavSink.prepare`; only :meth:`WavSink.open` truncates it - or, with ``resume=True``, cuts it
@@ -67,7 +68,7 @@ class WavSink(Sink):
     max_data_bytes: int = _MAX_DATA_BYTES
 
     def __init__(self, path: str | os.PathLike[str], format: str = "float32",
-                 flush_interval: float = 1.0, resume: bool = False) -> None:
+                 flush_interval: float = 0.5, resume: bool = False) -> None:
         self.path = check_writable(path)
         self._base = self.path.absolute()  # run-002.wav goes beside it even after a chdir
         self.format = WavFormat.parse(format, "wav format")
