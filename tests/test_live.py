@@ -296,3 +296,36 @@ def test_live_sink_bad_arguments():
         LiveSink(frames_per_buffer=3)
     with pytest.raises(TypeError, match=r"live must be True, False or a LiveSink, not 'yes'"):
         GradientSonifier(TinyMLP(), wav=None, live="yes")
+
+
+class _Counting(MemorySink):
+    """Frames in memory, and the steps of every write as handed over."""
+
+    def __init__(self, max_delay):
+        super().__init__()
+        self.max_delay = max_delay
+        self.writes: list[list[int]] = []
+
+    def write_steps(self, frames, block):
+        self.writes.append(block.step_numbers.tolist())
+        super().write_steps(frames, block)
+
+
+def test_files_beside_live_audio_get_merged_blocks_at_their_own_pace():
+    """With live audio the worker wakes every 20 ms; a file-like sink (max_delay 0.5 s) is handed
+    the same steps and frames in a few merged writes, in order, nothing lost."""
+    fast, slow = _Counting(0.02), _Counting(0.5)
+    model = TinyMLP()
+    son = GradientSonifier(model, wav=None, sinks=[fast, slow])
+    opt = son.wrap(torch.optim.SGD(model.parameters(), lr=0.05))
+    t0 = time.monotonic()
+    for _ in range(40):
+        train_steps(model, opt, 5)
+        time.sleep(0.01)  # steps arrive over time, as in training
+    son.close()
+    elapsed = time.monotonic() - t0
+    assert son._worker.interval == 0.02
+    flat = [s for w in slow.writes for s in w]
+    assert flat == list(range(200)) == [s for w in fast.writes for s in w]
+    np.testing.assert_array_equal(slow.frames, fast.frames)
+    assert len(slow.writes) <= elapsed / 0.5 + 2, (len(slow.writes), elapsed)

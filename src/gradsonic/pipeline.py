@@ -14,6 +14,7 @@ import inspect
 import queue
 import sys
 import threading
+import time
 import traceback
 import weakref
 from dataclasses import dataclass
@@ -74,6 +75,10 @@ class Worker(threading.Thread):
         # How long steps may pile up before the worker renders them: the tightest latency any
         # sink asks for (a file needs none to speak of; live audio needs ~20 ms).
         self.interval = min([s.max_delay for s in sinks], default=Sink.max_delay)
+        # A sink that can wait longer than the worker wakes (files and loggers beside live
+        # audio) is handed its steps in merged blocks at its own pace: one write per its
+        # max_delay, not one per wake-up.
+        self.held: dict[int, tuple[float, list[tuple[str, np.ndarray | None, StepBlock]]]] = {}
         self.errors: list[tuple[str, BaseException, str]] = []
         self.reported = 0  # errors already reported (on the training thread or on stderr)
         self.caller_reports = False  # close() reports what is left; at gc/exit, stderr does
@@ -107,6 +112,7 @@ class Worker(threading.Thread):
             for item in items:
                 if isinstance(item, Command):
                     self._process(pending)
+                    self._hand_held(force=True)
                     pending = []
                     if item.kind == "flush":
                         self._flush_sinks()
@@ -118,6 +124,7 @@ class Worker(threading.Thread):
                 else:
                     pending.append(item)
             self._process(pending)
+            self._hand_held()
         self._close_sinks()
         stop.done.set()
 
@@ -157,10 +164,7 @@ class Worker(threading.Thread):
                           marks)
         self._write([s for s in self.sinks if not s.needs_frames], None, block)  # recordings
         for sink in [s for s in self.sinks if s.wants_norms]:  # loggers' scalars
-            try:
-                sink.write_norms(block)
-            except BaseException as e:
-                self._drop(sink, e)
+            self._hand(sink, "norms", None, block)
         if not self.audio_ok:
             return
         if self.every > 1:  # sound every Nth step and every alarm (the recording has them all)
@@ -193,10 +197,48 @@ class Worker(threading.Thread):
 
     def _write(self, sinks: list[Sink], frames: np.ndarray | None, block: StepBlock) -> None:
         for sink in sinks:
-            try:
+            self._hand(sink, "steps", frames, block)
+
+    def _hand(self, sink: Sink, what: str, frames: np.ndarray | None, block: StepBlock) -> None:
+        """Give ``sink`` this block now, or hold it while the sink can wait (see ``held``)."""
+        if sink.max_delay > self.interval:
+            since, held = self.held.setdefault(id(sink), (time.monotonic(), []))
+            if held and held[-1][2].layer_names is not block.layer_names:
+                self._hand_over(sink)  # (merged blocks share their voices)
+                since, held = self.held.setdefault(id(sink), (time.monotonic(), []))
+            held.append((what, frames, block))
+            if time.monotonic() - since >= sink.max_delay:
+                self._hand_over(sink)
+            return
+        self._deliver(sink, what, frames, block)
+
+    def _hand_held(self, force: bool = False) -> None:
+        now = time.monotonic()
+        for sink in list(self.sinks):
+            since, held = self.held.get(id(sink), (now, []))
+            if held and (force or now - since >= sink.max_delay):
+                self._hand_over(sink)
+
+    def _hand_over(self, sink: Sink) -> None:
+        _, held = self.held.pop(id(sink), (0.0, []))
+        for what in ("norms", "steps"):
+            part = [(f, b) for w, f, b in held if w == what]
+            if part:
+                frames = [f for f, _ in part]
+                self._deliver(sink, what, None if frames[0] is None else np.concatenate(frames),
+                              StepBlock.merge([b for _, b in part]))
+
+    def _deliver(self, sink: Sink, what: str, frames: np.ndarray | None,
+                 block: StepBlock) -> None:
+        if sink not in self.sinks:  # dropped after an earlier failure
+            return
+        try:
+            if what == "norms":
+                sink.write_norms(block)
+            else:
                 sink.write_steps(frames, block)
-            except BaseException as e:
-                self._drop(sink, e)
+        except BaseException as e:
+            self._drop(sink, e)
 
     def _drop(self, sink: Sink, exc: BaseException) -> None:
         self._fail(f"sink {sink!r} (now stopped)", exc)

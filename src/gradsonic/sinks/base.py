@@ -44,6 +44,25 @@ class StepBlock:
             return self.steps
         return self.first_step + np.arange(self.count, dtype=np.int64)
 
+    @staticmethod
+    def merge(blocks: "list[StepBlock]") -> "StepBlock":
+        """Consecutive blocks with the same voices as one block."""
+        if len(blocks) == 1:
+            return blocks[0]
+        b0 = blocks[0]
+        steps = (np.concatenate([b.step_numbers for b in blocks])
+                 if any(b.steps is not None for b in blocks) else None)
+        scalars = ([d for b in blocks for d in (b.scalars or [{}] * b.count)]
+                   if any(b.scalars is not None for b in blocks) else None)
+
+        def cat(name: str) -> np.ndarray:
+            return np.concatenate([getattr(b, name) for b in blocks])
+
+        return StepBlock(b0.first_step, sum(b.count for b in blocks), b0.step_frames,
+                         b0.tone_frames, cat("times"), cat("norms"), cat("missing"),
+                         cat("skipped"), scalars, b0.layer_names,
+                         cat("accents") if b0.accents is not None else None, steps)
+
 
 class Sink:
     """Base class; subclasses implement :meth:`write` and may override :meth:`flush`/:meth:`_close`."""
