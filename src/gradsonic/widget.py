@@ -66,8 +66,6 @@ class RunWidget(anywidget.AnyWidget):
         self._hello = False
         self._opened = time.monotonic()
         self._writing = bool(self._writing_fn())
-        #: what was sent (the tests and the closing note read it): [time, rows, bytes] per message
-        self.messages: list[tuple[float, int, int]] = []
         super().__init__(meta={"id": name or path.name, "name": name or path.name,
                                "writing": self._writing, **self._tail.view_meta()})
         self.on_msg(self._browser)
@@ -127,7 +125,7 @@ class RunWidget(anywidget.AnyWidget):
             for b in self._tail.batches(lo, hi, raw=True):
                 if b["voices"] > self._voices:
                     self._voices = b["voices"]
-                    self._flush(batches, buffers, size)
+                    self._flush(batches, buffers)
                     batches, buffers, size = [], [], 0
                     self.send({"kind": "voices",
                                "layer_names": self._tail.layer_names[:self._voices]})
@@ -135,13 +133,12 @@ class RunWidget(anywidget.AnyWidget):
                 buffers.extend(memoryview(b[k]).cast("B") for k in ARRAYS)
                 size += sum(b[k].nbytes for k in ARRAYS)
                 lo = b["first"] + b["n"]
-        self._flush(batches, buffers, size)
+        self._flush(batches, buffers)
         self._next = lo
 
-    def _flush(self, batches: list[dict[str, int]], buffers: list[Any], size: int) -> None:
+    def _flush(self, batches: list[dict[str, int]], buffers: list[Any]) -> None:
         if batches:
             self.send({"kind": "rows", "batches": batches}, buffers)
-            self.messages.append((time.monotonic(), sum(b["n"] for b in batches), size))
 
     def close(self) -> None:
         """Stop following the run and close the widget (its output shows nothing more)."""
