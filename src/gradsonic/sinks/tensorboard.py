@@ -9,6 +9,11 @@ Each step's scalars go in *one* event (a ``Summary`` with a value per voice): 6x
 the file of one ``add_scalar`` per voice. Clips (:mod:`gradsonic.sinks.logger`) are audio
 summaries under ``<prefix>/audio`` holding a float32 WAV - the exact samples, where torch's
 ``add_audio`` would cut them to 16 bits and mono.
+
+Without TensorFlow, TensorBoard's event writer checksums every record with a pure-Python CRC32C:
+~120 ms per MB, ~200 ms holding the interpreter lock for one 10 s clip. When ``google-crc32c``
+is installed (``pip install 'gradsonic[tensorboard]'`` brings it) the sink hands the writer that
+C implementation instead (:func:`fast_checksums`): the same bytes, ~150x faster.
 """
 
 from __future__ import annotations
@@ -24,7 +29,37 @@ from .logger import LoggerSink, optional
 
 
 def _summary_writer() -> Any:
-    return optional("torch.utils.tensorboard", "TensorBoardSink", "tensorboard").SummaryWriter
+    writer = optional("torch.utils.tensorboard", "TensorBoardSink", "tensorboard").SummaryWriter
+    fast_checksums()
+    return writer
+
+
+def fast_checksums() -> bool:
+    """Give TensorBoard's record writer a C CRC32C in place of its pure-Python one, when
+    ``google-crc32c`` with its C extension is installed. True when the writer's checksum is fast.
+
+    The records are unchanged (same CRC32C, same mask); only the time differs. This is process
+    wide: the user's own ``SummaryWriter`` writes faster too."""
+    try:
+        import google_crc32c
+        from tensorboard.compat.tensorflow_stub import pywrap_tensorflow as stub
+        from tensorboard.summary.writer import record_writer
+    except ImportError:
+        return False
+    if record_writer.masked_crc32c is _masked_crc32c:
+        return True
+    if getattr(google_crc32c, "implementation", "") != "c" \
+            or record_writer.masked_crc32c is not stub.masked_crc32c:
+        return False  # no C extension, or someone else replaced it already: leave it alone
+    record_writer.masked_crc32c = _masked_crc32c
+    return True
+
+
+def _masked_crc32c(data: bytes) -> int:
+    import google_crc32c
+
+    x = google_crc32c.value(bytes(data))
+    return (((x >> 15) | (x << 17)) + 0xA282EAD8) & 0xFFFFFFFF  # TFRecord's mask
 
 
 class TensorBoardSink(LoggerSink):
@@ -53,6 +88,7 @@ class TensorBoardSink(LoggerSink):
             self.writer = _summary_writer()(log_dir=str(self._target))
         else:
             self.writer = self._target
+            fast_checksums()
         self.path = self.writer.log_dir
         self.closed = False
 
