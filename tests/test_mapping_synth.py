@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -31,6 +33,17 @@ def test_beyond_the_band_is_played_at_its_edge_with_the_over_range_timbre():
         assert ((kinds[0] == OVER) == ~np.array(inside)).all()
         assert (freqs >= lo).all() and (freqs <= hi).all()
         assert (freqs[0][kinds[0] == OVER] == np.where(values[0] > 1, hi, lo)[kinds[0] == OVER]).all()
+
+
+def test_log_mapping_of_values_outside_its_domain():
+    """NaN, -inf and negative norms map to 0 Hz (below the band), +inf to +inf (above it); the
+    rest to center_hz * 2**(octaves_per_decade * log10(norm / center_norm))."""
+    m = LogMapping()
+    x = np.array([np.nan, -np.inf, -1.0, 0.0, np.inf, 1.0, 10.0])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        direct = m.center_hz * np.exp2(m.octaves_per_decade * (np.log10(x) - math.log10(m.center_norm)))
+    np.testing.assert_array_equal(m(x), [0.0, 0.0, 0.0, 0.0, np.inf, direct[5], direct[6]])
+    assert m(np.array(1.0)).shape == ()
 
 
 def test_the_over_range_timbre_has_odd_harmonics_and_stays_within_amplitude():

@@ -95,19 +95,28 @@ class AccentDetector:
             self._hist = grown
         x = norms.astype(np.float64)
         ok = np.isfinite(x) & ~missing
+        w = rule.window
         seq = np.concatenate([self._hist[:, :voices], np.where(ok, x, np.nan)])
-        self._hist = np.concatenate([seq[-rule.window:], self._hist[-rule.window:, voices:]],
-                                    axis=1)
-        windows = np.lib.stride_tricks.sliding_window_view(seq, rule.window, axis=0)[:steps]
-        ordered = np.sort(windows, axis=-1)  # [steps, voices, window], NaN last
+        if self._hist.shape[1] == voices:
+            self._hist = seq[-w:]
+        else:
+            self._hist = np.concatenate([seq[-w:], self._hist[-w:, voices:]], axis=1)
+        # every step's window as a view [steps, voices, window] (sliding_window_view's, built
+        # directly: a live block is one step and the worker wakes for it, so calls count)
+        s0, s1 = seq.strides
+        windows = np.ndarray((steps, voices, w), np.float64, seq, 0, (s0, s1, s0))
+        ordered = np.sort(windows, axis=-1)  # NaN last
         known = np.count_nonzero(~np.isnan(windows), axis=-1)
-        lo = np.take_along_axis(ordered, np.maximum(known - 1, 0)[..., None] // 2, -1)[..., 0]
-        hi = np.take_along_axis(ordered, (known // 2)[..., None], -1)[..., 0]
+        if known.min(initial=w) == w:  # every window full (after the first ``window`` steps)
+            lo, hi = ordered[..., (w - 1) // 2], ordered[..., w // 2]
+        else:
+            lo = np.take_along_axis(ordered, np.maximum(known - 1, 0)[..., None] // 2, -1)[..., 0]
+            hi = np.take_along_axis(ordered, (known // 2)[..., None], -1)[..., 0]
         with np.errstate(invalid="ignore"):
             med = np.where(known > 0, 0.5 * (lo + hi), np.nan)
             spike = ok & (known >= rule.min_history) & (med > 0) & (x >= rule.spike_factor * med)
             collapse = ok & (med > 0) & (x <= rule.collapse_factor * med)
-        return (np.where(spike, SPIKE, 0) | np.where(collapse, COLLAPSE, 0)).astype(np.uint8)
+        return spike.astype(np.uint8) | collapse.astype(np.uint8) * COLLAPSE
 
 
 def marks_of(norms: np.ndarray, missing: np.ndarray, settings: Any, chunk: int = 512

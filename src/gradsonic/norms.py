@@ -146,12 +146,13 @@ def _grouping(voice_of: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]
     hit = _GROUPINGS.get(id(voice_of))
     if hit is not None and hit[0] is voice_of:
         return hit[1]
-    if len(np.unique(voice_of)) == len(voice_of):
+    if len(set(voice_of.tolist())) == len(voice_of):
         grouping = None
-    else:
+    else:  # (not np.unique: its first call imports numpy.ma, 30 ms holding the GIL)
         order = np.argsort(voice_of, kind="stable")  # parameters of a voice side by side
-        voices, starts = np.unique(voice_of[order], return_index=True)
-        grouping = (order, voices, starts)
+        ranked = voice_of[order]
+        starts = np.flatnonzero(np.r_[True, ranked[1:] != ranked[:-1]])
+        grouping = (order, ranked[starts], starts)
     if len(_GROUPINGS) > 64:
         _GROUPINGS.clear()
     _GROUPINGS[id(voice_of)] = (voice_of, grouping)

@@ -139,9 +139,9 @@ class Synth:
 
     def clamp(self, freqs: np.ndarray) -> np.ndarray:
         """Frequencies held inside ``[20 Hz, 0.45 * sample_rate]``; NaN goes to the lowest."""
-        f = np.nan_to_num(np.asarray(freqs, dtype=np.float64), nan=self.min_hz,
-                          posinf=self.max_hz, neginf=self.min_hz)
-        return np.clip(f, self.min_hz, self.max_hz)
+        f = np.clip(np.asarray(freqs, dtype=np.float64), self.min_hz, self.max_hz)
+        f[np.isnan(f)] = self.min_hz  # (clip keeps NaN; +-inf are clipped already)
+        return f
 
     def _scratch(self, tones: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Work buffers reused across calls (large fresh arrays cost page faults every call)."""
