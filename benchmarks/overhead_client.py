@@ -276,9 +276,21 @@ def child(args: argparse.Namespace) -> None:
     th1 = _threads_cpu()
     labels = _label_threads(torch_tids)
     by_kind: dict[str, float] = {}
+    others: dict[str, float] = {}  # the new threads by name (PortAudio, pulse, TB writer, ...)
+    import threading
+    py_names = {t.native_id: t.name for t in threading.enumerate()}
     for tid, c in th1.items():
         kind = labels.get(tid, "other")
         by_kind[kind] = by_kind.get(kind, 0.0) + c - th0.get(tid, 0.0)
+        if kind == "other":
+            name = py_names.get(tid)  # a Python thread's name, else the OS's (PortAudio: python)
+            if name is None:
+                try:
+                    with open(f"/proc/self/task/{tid}/comm") as f:
+                        name = f.read().strip() + " (native)"
+                except OSError:
+                    name = "?"
+            others[name] = others.get(name, 0.0) + c - th0.get(tid, 0.0)
     stats = None
     if son is not None:
         son.close()
@@ -294,6 +306,7 @@ def child(args: argparse.Namespace) -> None:
         "main_cpu_s": cpu1 - cpu0, "proc_cpu_s": time.process_time() - proc0,
         "worker_cpu_s": worker_cpu.get("s"), "live_ok": live_ok, "stats": stats,
         "torch_threads": torch.get_num_threads(), "loop_cpu_s": by_kind,
+        "other_threads_cpu_s": others,
     }
     if patches is not None and hasattr(patches, "report"):
         out["extra"] = patches.report(son)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
 import time
 
 import numpy as np
@@ -329,3 +330,33 @@ def test_files_beside_live_audio_get_merged_blocks_at_their_own_pace():
     assert flat == list(range(200)) == [s for w in fast.writes for s in w]
     np.testing.assert_array_equal(slow.frames, fast.frames)
     assert len(slow.writes) <= elapsed / 0.5 + 2, (len(slow.writes), elapsed)
+
+
+class _Signalling(_Counting):
+    def __init__(self, max_delay):
+        super().__init__(max_delay)
+        self.arrived = threading.Event()
+
+    def write_steps(self, frames, block):
+        super().write_steps(frames, block)
+        self.arrived.set()
+
+
+def test_a_step_further_from_the_last_than_the_wait_is_rendered_at_once():
+    """The worker lets steps pile up for its sinks' max_delay (here 60 s) - unless the step came
+    longer than that after the previous one: waiting would batch nothing, so it is rendered at
+    once (beside live audio: one wake-up per 50 ms step instead of two, 20 ms sooner)."""
+    sink = _Signalling(60.0)
+    model = TinyMLP()
+    son = GradientSonifier(model, wav=None, sinks=[sink])
+    try:
+        opt = son.wrap(torch.optim.SGD(model.parameters(), lr=0.05))
+        train_steps(model, opt, 1)  # the first step: nothing before it
+        assert sink.arrived.wait(30), "the first step waited for the batch"
+        sink.arrived.clear()
+        train_steps(model, opt, 2)  # steps close together: they wait for the batch
+        assert not sink.arrived.wait(0.5)
+        son.flush()
+        assert sink.writes == [[0], [1, 2]]
+    finally:
+        son.close()
