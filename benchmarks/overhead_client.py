@@ -37,6 +37,9 @@ Models (``--model``):
 Variants (``--variants``, comma-separated):
 
 * ``bare``: no gradsonic at all (not even imported).
+* ``imported``: ``import gradsonic`` (NumPy, soundfile, ...), nothing attached: tells what the
+  imports alone change (a control: a ``default`` run faster than ``bare`` is not gradsonic
+  making training faster).
 * ``default``: ``GradientSonifier(model)`` with its defaults (WAV + recording in the run folder,
   accents on).
 * ``live_tb``: ``GradientSonifier(model, live=True, sinks=[TensorBoardSink(<run>/tb)])``. Live
@@ -220,7 +223,10 @@ def child(args: argparse.Namespace) -> None:
     son = None
     worker_cpu = {}
     live_ok = None
-    if base != "bare":
+    if base == "imported":  # the package and its dependencies imported, nothing attached
+        import gradsonic.sinks  # noqa: F401
+        from gradsonic import GradientSonifier  # noqa: F401
+    elif base != "bare":
         import gradsonic.pipeline as pipeline
         from gradsonic import GradientSonifier
 
