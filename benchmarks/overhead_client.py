@@ -342,15 +342,27 @@ def prepare_data(src: str) -> str:
         return src
 
 
+# glibc malloc serves large blocks (a batch's activations) with mmap below a threshold it raises
+# as it sees large blocks freed: each process reaches its own threshold from its own allocation
+# history (imports included), and a process left at the low one pays page faults on every step's
+# big tensors. Measured: `imported` (gradsonic imported, nothing attached) ran -11% (-19.7 ..
+# +10.1) against `bare` over 12 rounds; with the thresholds fixed, -1.0% (-3.6 .. +2.9) over 8 and
+# both ~10% faster. So every child runs with fixed thresholds (--malloc fixed, the default): the
+# variants differ by what gradsonic does, not by where malloc's heuristic happened to land.
+FIXED_MALLOC = {"MALLOC_MMAP_THRESHOLD_": str(1 << 32), "MALLOC_TRIM_THRESHOLD_": str(1 << 32)}
+
+
 def run_child(variant: str, model: str, steps: int, data: str, patches: str | None,
-              timeout: float) -> dict:
+              timeout: float, malloc: str = "fixed") -> dict:
     cwd = tempfile.mkdtemp(prefix="gsbench-")
+    env = dict(os.environ, **FIXED_MALLOC) if malloc == "fixed" else None
     cmd = [sys.executable, os.path.abspath(__file__), "--child", variant, "--model", model,
            "--steps", str(steps), "--data", data]
     if patches:
         cmd += ["--patches", os.path.abspath(patches)]
     try:
-        p = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+        p = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout,
+                           env=env)
     finally:
         shutil.rmtree(cwd, ignore_errors=True)
     for line in p.stdout.splitlines():
@@ -418,6 +430,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--patches", default=None, help="module with apply(name, stage, son)")
     p.add_argument("--json", default=None, help="also write every run's numbers here")
     p.add_argument("--timeout", type=float, default=600)
+    p.add_argument("--malloc", default="fixed", choices=["fixed", "dynamic"],
+                   help="fixed: the children run with glibc's mmap/trim thresholds pinned "
+                        "(see FIXED_MALLOC); dynamic: as a plain process would")
     p.add_argument("--report", default=None, metavar="JSON",
                    help="print the tables of a --json file written earlier, run nothing")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
@@ -433,14 +448,16 @@ def main(argv: list[str] | None = None) -> None:
     data = prepare_data(args.data)
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs; command: "
-          f"{' '.join([Path(sys.executable).name, *sys.argv])}\n", flush=True)
+          f"{' '.join([Path(sys.executable).name, *sys.argv])}; children's malloc thresholds: "
+          f"{args.malloc}\n", flush=True)
     all_runs: dict[str, dict[str, list[dict]]] = {}
     for model in models:
         results: dict[str, list[dict]] = {v: [] for v in variants}
         for r in range(args.pairs):
             order = variants[r % len(variants):] + variants[:r % len(variants)]
             for v in order:
-                res = run_child(v, model, args.steps, data, args.patches, args.timeout)
+                res = run_child(v, model, args.steps, data, args.patches, args.timeout,
+                                args.malloc)
                 results[v].append(res)
             print(f"round {r + 1}/{args.pairs}: " + ", ".join(
                 f"{v} {1e3 * results[v][-1]['loop_s'] / args.steps:.2f}" for v in variants)
