@@ -224,8 +224,10 @@ def child(args: argparse.Namespace) -> None:
     worker_cpu = {}
     live_ok = None
     if base == "imported":  # the package and its dependencies imported, nothing attached
-        import gradsonic.sinks  # noqa: F401
-        from gradsonic import GradientSonifier  # noqa: F401
+        import importlib
+
+        for name in ("gradsonic", "gradsonic.sinks", "gradsonic.sonifier"):
+            importlib.import_module(name)
     elif base != "bare":
         import gradsonic.pipeline as pipeline
         from gradsonic import GradientSonifier
