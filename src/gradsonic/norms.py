@@ -55,8 +55,8 @@ class PendingNorms:
     combines them into one norm per voice.
     """
 
-    __slots__ = ("step", "parts", "voice_of", "guard_of", "layer_names", "skipped", "found_inf",
-                 "time", "scalars")
+    __slots__ = ("step", "parts", "voice_of", "voice_sums", "guard_of", "layer_names", "skipped",
+                 "found_inf", "time", "scalars")
 
     def __init__(self, step: int, parts: list[tuple[np.ndarray, torch.Tensor, Any, Any]],
                  plan: Any, layer_names: tuple[str, ...], skipped: bool = False,
@@ -64,6 +64,7 @@ class PendingNorms:
         self.step = step
         self.parts = parts
         self.voice_of = plan.voice_of
+        self.voice_sums = plan.voice_sums
         self.guard_of = plan.guard_of
         self.layer_names = layer_names
         self.skipped = skipped
@@ -130,38 +131,26 @@ def _combine(pending: Sequence[PendingNorms], norms: np.ndarray, missing: np.nda
         rows, cols = np.nonzero(present[:, n_heard:] & ~np.isfinite(values[:, n_heard:]))
         values, present = values[:, :n_heard], present[:, :n_heard]
     if n_heard:
-        _voice_norms(voice_of, values, present, norms, missing)
+        _voice_norms(voice_of, pending[0].voice_sums, values, present, norms, missing)
     if len(guard_of) and len(rows):
         norms[rows, guard_of[cols]] = np.nan
         missing[rows, guard_of[cols]] = False
 
 
-_GROUPINGS: dict[int, tuple[np.ndarray, Any]] = {}  # id(voice_of) -> (voice_of, its grouping)
-
-
-def _grouping(voice_of: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+def voice_grouping(voice_of: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
     """How a plan's parameters add up to voices: (order, voices, starts), or None when each
-    parameter is its own voice. Worked out once per plan (``voice_of`` is read-only), not once
-    per block of steps."""
-    hit = _GROUPINGS.get(id(voice_of))
-    if hit is not None and hit[0] is voice_of:
-        return hit[1]
+    parameter is its own voice. A plan works this out once, not once per block of steps."""
     if len(set(voice_of.tolist())) == len(voice_of):
-        grouping = None
-    else:  # (not np.unique: its first call imports numpy.ma, 30 ms holding the GIL)
-        order = np.argsort(voice_of, kind="stable")  # parameters of a voice side by side
-        ranked = voice_of[order]
-        starts = np.flatnonzero(np.r_[True, ranked[1:] != ranked[:-1]])
-        grouping = (order, ranked[starts], starts)
-    if len(_GROUPINGS) > 64:
-        _GROUPINGS.clear()
-    _GROUPINGS[id(voice_of)] = (voice_of, grouping)
-    return grouping
+        return None
+    # (not np.unique: its first call imports numpy.ma, 30 ms holding the GIL)
+    order = np.argsort(voice_of, kind="stable")  # parameters of a voice side by side
+    ranked = voice_of[order]
+    starts = np.flatnonzero(np.r_[True, ranked[1:] != ranked[:-1]])
+    return order, ranked[starts], starts
 
 
-def _voice_norms(voice_of: np.ndarray, values: np.ndarray, present: np.ndarray,
+def _voice_norms(voice_of: np.ndarray, grouping: Any, values: np.ndarray, present: np.ndarray,
                  norms: np.ndarray, missing: np.ndarray) -> None:
-    grouping = _grouping(voice_of)
     if grouping is None:  # one parameter per voice: no sums
         norms[:, voice_of] = _float32(np.where(present, values, np.nan))
         missing[:, voice_of] = ~present

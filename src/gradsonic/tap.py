@@ -24,7 +24,7 @@ from torch import nn
 from .sharding import Sharding
 from .errors import ConfigError, GradsonicWarning
 from .norms import (F32_MAX, PendingNorms, StepRecord, dense, flag_to_host, fused_norms,
-                    resolve_block, stacked_norms, to_host, unscale)
+                    resolve_block, stacked_norms, to_host, unscale, voice_grouping)
 from .voices import DEFAULT_MAX_VOICES, Grouping, ParamInfo, Selection, describe, unwrap_model
 
 __all__ = ["NormTap", "StepRecord", "PendingNorms", "resolve_block", "F32_MAX"]
@@ -58,8 +58,8 @@ class _Plan:
     parameters (FSDP, HSDP, DTensor) by the process groups their squared norms are summed over.
     """
 
-    __slots__ = ("sig", "params", "voice_of", "guard_of", "groups", "fast", "idle", "reduce",
-                 "names", "sharded")
+    __slots__ = ("sig", "params", "voice_of", "voice_sums", "guard_of", "groups", "fast", "idle",
+                 "reduce", "names", "sharded")
 
     def __init__(self, sig: tuple[int, ...], params: list[nn.Parameter], voice_of: list[int],
                  guard_of: list[int], idle: list[nn.Parameter],
@@ -69,6 +69,7 @@ class _Plan:
         self.params = params
         self.voice_of = np.asarray(voice_of, dtype=np.intp)
         self.voice_of.setflags(write=False)
+        self.voice_sums = voice_grouping(self.voice_of)  # how parameters add up to voices
         self.guard_of = np.asarray(guard_of, dtype=np.intp)
         self.guard_of.setflags(write=False)
         self.idle = idle

@@ -29,9 +29,7 @@ from .logger import LoggerSink, optional
 
 
 def _summary_writer() -> Any:
-    writer = optional("torch.utils.tensorboard", "TensorBoardSink", "tensorboard").SummaryWriter
-    fast_checksums()
-    return writer
+    return optional("torch.utils.tensorboard", "TensorBoardSink", "tensorboard").SummaryWriter
 
 
 def fast_checksums() -> bool:
@@ -84,11 +82,11 @@ class TensorBoardSink(LoggerSink):
 
     def open(self, sample_rate: int) -> None:
         super().open(sample_rate)
+        fast_checksums()
         if self._own:
             self.writer = _summary_writer()(log_dir=str(self._target))
         else:
             self.writer = self._target
-            fast_checksums()
         self.path = self.writer.log_dir
         self.closed = False
 
