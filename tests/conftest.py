@@ -1,7 +1,9 @@
 from __future__ import annotations
 
+import atexit
 import gc
 import os
+import shutil
 import sys
 import tempfile
 import threading
@@ -21,6 +23,9 @@ CAPTURE = AUDIO_DIR / "capture.raw"
     'pcm.!default {\n type file\n slave.pcm { type null }\n'
     f' file "{CAPTURE}"\n format "raw"\n}}\n')
 os.environ["ALSA_CONFIG_PATH"] = str(AUDIO_DIR / "asound.conf")
+# ALSA's null device has no clock: an open stream writes as fast as the CPU allows, tens of MB a
+# second, so the capture never outlives the session (a hung session's filled a 250 GB disk).
+atexit.register(shutil.rmtree, AUDIO_DIR, ignore_errors=True)
 
 # Test this checkout's code, also in child processes, whichever checkout pip installed.
 sys.path.insert(0, str(REPO / "src"))
