@@ -1,6 +1,9 @@
-"""What PortAudio's callback thread costs per second of live audio, by ``frames_per_buffer``.
+"""What live audio's threads cost per second, by ``frames_per_buffer`` and by who drives
+PortAudio: gradsonic's ``Pump`` thread writing blocking buffers (``pump``, the default) or
+PortAudio's own callback thread (``callback``, how LiveSink played until 2026-12-01).
 
-    python benchmarks/live_callback.py [--frames 256,512,1024] [--rounds 3] [--steps 120]
+    python benchmarks/live_callback.py [--frames 256,512,1024] [--modes pump,callback]
+                                       [--rounds 3] [--steps 120]
 
 Needs PyAudio and an output device; on a machine without a sound card give it a clocked one (the
 repository's AUDIO_TESTING notes: PulseAudio's ``module-pipe-sink`` with
@@ -8,10 +11,12 @@ repository's AUDIO_TESTING notes: PulseAudio's ``module-pipe-sink`` with
 
 Each run trains the pytorch/examples MNIST network (random batches of 64, Adadelta) for
 ``--steps`` steps with ``GradientSonifier(live=LiveSink(frames_per_buffer=N))`` and no files, and
-reports: callbacks per second, the callback thread's whole CPU (``/proc/self/task/<tid>/schedstat``:
-PortAudio + PyAudio + the ALSA plugin + the Python callback) and the Python callback's own share
-(``LiveSink._callback`` timed with the thread's CPU clock), per second of training. Sizes run in
-rotating order, ``--rounds`` times; medians.
+reports: callbacks per second, the CPU of the thread that calls ``LiveSink._callback``
+(``/proc/self/task/<tid>/schedstat``: PortAudio + PyAudio + the ALSA plugin + the Python
+callback), the Python callback's own share (timed with the thread's CPU clock), and the CPU of
+every thread the sonifier started except its worker (the audio thread plus the sound server's
+client threads, e.g. PulseAudio's ``threaded-ml``), per second of training. Configurations run
+in rotating order, ``--rounds`` times; medians.
 """
 
 from __future__ import annotations
@@ -28,7 +33,20 @@ import torch
 import torch.nn.functional as F
 
 
-def run(frames: int, steps: int) -> tuple[float, float, float]:
+def callback_stream(sample_rate, frames_per_buffer, callback, device, channels=1):
+    """The baseline: PortAudio's callback mode, its own thread calling ``callback``."""
+    from gradsonic.sinks.live import _import_pyaudio
+
+    pyaudio = _import_pyaudio()
+    pa = pyaudio.PyAudio()
+    stream = pa.open(format=pyaudio.paFloat32, channels=channels, rate=sample_rate, output=True,
+                     frames_per_buffer=frames_per_buffer, output_device_index=device,
+                     stream_callback=callback, start=False)
+    stream._gradsonic_pa = pa  # LiveSink._release terminates it
+    return stream
+
+
+def run(frames: int, steps: int, mode: str) -> tuple[float, float, float, float]:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from overhead_client import _mnist_net, _threads_cpu
 
@@ -50,7 +68,9 @@ def run(frames: int, steps: int) -> tuple[float, float, float]:
     model = _mnist_net()
     opt = torch.optim.Adadelta(model.parameters(), lr=1.0)
     x, y = torch.randn(64, 1, 28, 28), torch.randint(0, 10, (64,))
-    sink = Timed(frames_per_buffer=frames)
+    sink = Timed(frames_per_buffer=frames,
+                 stream_factory=callback_stream if mode == "callback" else None)
+    existing = set(_threads_cpu())
     with tempfile.TemporaryDirectory() as tmp:
         son = GradientSonifier(model, live=sink, wav=None, record=None, quiet=True,
                                run_dir=tmp)
@@ -65,28 +85,34 @@ def run(frames: int, steps: int) -> tuple[float, float, float]:
             opt.step()
         elapsed, after = time.perf_counter() - t0, _threads_cpu()
         calls, py = len(python_ns) - n0, sum(python_ns[n0:]) / 1e9
+        worker = {t.native_id for t in threading.enumerate() if t.name == "gradsonic-worker"}
         son.close()
     thread = sum(after.get(t, 0.0) - before.get(t, 0.0) for t in tids)
-    return calls / elapsed, 1e3 * thread / elapsed, 1e3 * py / elapsed
+    new = sum(after.get(t, 0.0) - before.get(t, 0.0) for t in after
+              if t not in existing and t not in worker)
+    return calls / elapsed, 1e3 * thread / elapsed, 1e3 * py / elapsed, 1e3 * new / elapsed
 
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--frames", default="256,512,1024")
+    p.add_argument("--modes", default="pump,callback")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--steps", type=int, default=120)
     args = p.parse_args(argv)
     sizes = [int(f) for f in args.frames.split(",")]
-    results: dict[int, list[tuple[float, float, float]]] = {f: [] for f in sizes}
+    configs = [(m, f) for f in sizes for m in args.modes.split(",")]
+    results: dict[tuple[str, int], list[tuple[float, ...]]] = {c: [] for c in configs}
     for r in range(args.rounds):
-        for f in sizes[r % len(sizes):] + sizes[: r % len(sizes)]:
-            results[f].append(run(f, args.steps))
+        for c in configs[r % len(configs):] + configs[: r % len(configs)]:
+            results[c].append(run(c[1], args.steps, c[0]))
     print(f"command: {' '.join(['python', *sys.argv])}\n")
-    print("| frames_per_buffer | callbacks/s | callback thread CPU ms/s | of which Python ms/s |")
-    print("| --- | --- | --- | --- |")
-    for f in sizes:
-        cols = [statistics.median(v[i] for v in results[f]) for i in range(3)]
-        print(f"| {f} | {cols[0]:.0f} | {cols[1]:.1f} | {cols[2]:.1f} |")
+    print("| frames_per_buffer | mode | callbacks/s | audio thread CPU ms/s | of which Python "
+          "ms/s | all new threads but the worker ms/s |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for m, f in configs:
+        cols = [statistics.median(v[i] for v in results[m, f]) for i in range(4)]
+        print(f"| {f} | {m} | {cols[0]:.0f} | {cols[1]:.1f} | {cols[2]:.1f} | {cols[3]:.1f} |")
 
 
 if __name__ == "__main__":

@@ -288,6 +288,81 @@ def test_an_error_in_the_callback_stops_the_stream_and_is_reported_on_the_traini
         son.close()
 
 
+class _BlockingStream:
+    """A PyAudio blocking output stream that takes ``fail_after`` writes, then the device is gone
+    (each write waits for the device as a real one does, here on an event the test sets)."""
+
+    def __init__(self, fail_after: int):
+        self.writes: list[tuple[bytes, int]] = []
+        self.fail_after = fail_after
+        self.room = threading.Event()
+        self.stopped = self.closed = False
+
+    def start_stream(self):
+        pass
+
+    def write(self, data, frames, exception_on_underflow=False):
+        assert exception_on_underflow is False  # an underrun is a gap, never an error
+        self.room.wait(10)
+        if len(self.writes) == self.fail_after:
+            raise OSError(-9999, "Unanticipated host error")
+        self.writes.append((data, frames))
+
+    def stop_stream(self):
+        self.stopped = True
+
+    def close(self):
+        self.closed = True
+
+
+class _PortAudio:
+    terminated = False
+
+    def terminate(self):
+        self.terminated = True
+
+
+def test_the_pump_writes_what_the_callback_gives_and_a_failed_write_is_reported():
+    model = TinyMLP()
+    device, pa = _BlockingStream(fail_after=40), _PortAudio()
+    sink = LiveSink(stream_factory=lambda rate, fpb, callback, dev: live_module.Pump(
+        device, callback, fpb, pa))
+    son = GradientSonifier(model, wav=None, live=sink, sinks=[mem := MemorySink()])
+    try:
+        opt = son.wrap(torch.optim.SGD(model.parameters(), lr=0.05))
+        train_steps(model, opt, steps=2)
+        son.flush()
+        pump = sink._stream
+        assert pump._thread.name == "gradsonic-audio" and pump.is_active()
+        device.room.set()  # the device takes buffers: 40 writes, then the 41st fails
+        pump._thread.join(10)
+        assert not pump.is_active() and isinstance(pump.error, OSError)
+        assert [n for _, n in device.writes] == [512] * 40
+        played = np.frombuffer(b"".join(d for d, _ in device.writes), dtype=np.float32)
+        match_played(played, mem.frames, 5 * TONE)  # the two steps, in order, as the callback
+        assert played[played != 0].size == mem.frames[mem.frames != 0].size  # ... gave them
+        with pytest.warns(GradsonicWarning, match=r"live audio stopped: OSError"):
+            train_steps(model, opt, steps=1)
+            son.flush()
+        assert sink.closed and son.steps == 3
+        assert device.stopped and device.closed and pa.terminated  # released
+    finally:
+        son.close()
+
+
+def test_a_pump_stuck_in_a_write_is_left_alone_and_training_goes_on():
+    model = TinyMLP()
+    device, pa = _BlockingStream(fail_after=10), _PortAudio()  # never given room
+    sink = LiveSink(stream_factory=lambda rate, fpb, callback, dev: live_module.Pump(
+        device, callback, fpb, pa))
+    with GradientSonifier(model, wav="run.wav", live=sink) as son:
+        opt = son.wrap(torch.optim.SGD(model.parameters(), lr=0.05))
+        train_steps(model, opt, steps=3)
+    assert son.steps == 3 and soundfile.info("run.wav").frames == 3 * 5 * TONE
+    assert not device.closed and not pa.terminated  # not pulled from under the stuck write
+    device.room.set()  # (let the daemon thread end)
+
+
 def test_live_sink_bad_arguments():
     with pytest.raises(ValueError, match=r"live policy must be one of \['block', 'drop', 'sample'\]"):
         LiveSink(policy="loud")

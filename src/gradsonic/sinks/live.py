@@ -1,8 +1,11 @@
 """Live playback through PyAudio (``pip install 'gradsonic[live]'``).
 
-PortAudio pulls audio from a real-time callback. The callback only copies ready float32 frames out
-of a ring buffer (no torch, no allocation beyond the bytes PyAudio needs, never raises: an error
-aborts the stream and is reported on the training thread at its next step). The sonifier's worker
+A ``gradsonic-audio`` thread pulls one buffer at a time from the sink's callback and hands it to
+PortAudio in a blocking write (which waits for the device without the interpreter lock). The
+callback only copies ready float32 frames out of a ring buffer (no torch, no allocation beyond
+the bytes PyAudio needs, never raises: an error aborts the stream and is reported on the training
+thread at its next step). A blocking write costs the machine a third less CPU than PortAudio's own
+callback thread does for the same audio (``benchmarks/live_callback.py``). The sonifier's worker
 fills the ring with whole steps, under one of three policies for when training produces sound
 faster than it can be played (the seed layout makes 60 ms of sound per step; at 100 steps/s that
 is 6 s of sound per second):
@@ -87,7 +90,8 @@ StreamFactory = Callable[[int, int, Callable[..., Any], Any], Any]
 
 def pyaudio_stream(sample_rate: int, frames_per_buffer: int, callback: Callable[..., Any],
                    device: Any, channels: int = 1) -> Any:
-    """Open a PyAudio float32 output stream in callback mode; raise OSError if none."""
+    """Open a PyAudio float32 output stream fed from ``callback`` (PortAudio's callback
+    signature) by a :class:`Pump`; raise OSError if none."""
     pyaudio = _import_pyaudio()
     with _quiet_stderr():
         pa = pyaudio.PyAudio()
@@ -96,13 +100,65 @@ def pyaudio_stream(sample_rate: int, frames_per_buffer: int, callback: Callable[
             raise OSError("no audio output device (this looks like a headless machine)")
         stream = pa.open(format=pyaudio.paFloat32, channels=channels, rate=sample_rate,
                          output=True, frames_per_buffer=frames_per_buffer,
-                         output_device_index=device,
-                         stream_callback=callback, start=False)
+                         output_device_index=device, start=False)
     except BaseException:
         pa.terminate()
         raise
-    stream._gradsonic_pa = pa  # terminated with the stream
-    return stream
+    return Pump(stream, callback, frames_per_buffer, pa)
+
+
+class Pump:
+    """Plays a blocking PyAudio stream from a callback, on a thread of its own.
+
+    PortAudio's callback mode runs its own thread that wakes per buffer, asks for timing
+    information and takes the interpreter lock for the Python callback; here one Python thread
+    calls the callback for ``frames`` frames and writes them (the write waits for room in the
+    device's buffer with the lock released). The callback's ``(bytes, flag)`` contract is
+    PortAudio's: a non-zero flag ends the stream. A write that fails (the device vanished) is
+    kept in ``error`` and ends the stream."""
+
+    def __init__(self, stream: Any, callback: Callable[..., Any], frames: int, pa: Any) -> None:
+        self.stream, self.callback, self.frames, self._pa = stream, callback, frames, pa
+        self.error: BaseException | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start_stream(self) -> None:
+        self.stream.start_stream()
+        self._thread = threading.Thread(target=self._run, name="gradsonic-audio", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            while not self._stop.is_set():
+                data, flag = self.callback(None, self.frames, None, 0)
+                self.stream.write(data, self.frames, exception_on_underflow=False)
+                if flag:
+                    return
+        except BaseException as e:  # (a thread's exception would only reach stderr)
+            self.error = e
+
+    def is_active(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def stop_stream(self) -> None:
+        """Stop pulling; the write under way finishes (one buffer), then the stream stops. A
+        device that never takes that buffer is left to the daemon thread: training goes on."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=1.0)
+            if self._thread.is_alive():
+                raise SinkError("the audio device stopped taking audio")
+        self.stream.stop_stream()
+
+    def close(self) -> None:
+        """Release the stream and PortAudio, unless a write is still stuck in them."""
+        if self._thread is not None and self._thread.is_alive():
+            return
+        try:
+            self.stream.close()
+        finally:
+            self._pa.terminate()
 
 
 @dataclass
@@ -118,11 +174,17 @@ class LiveStats:
 class LiveSink(Sink):
     """Plays the sonifier's audio on the speakers while training runs.
 
-    ``frames_per_buffer`` (512: 11.6 ms at 44.1 kHz) is how much PortAudio asks the callback for
-    at a time: 86 Python callbacks a second, each taking the interpreter lock from training for
-    ~40 us. A step still starts within the 50 ms ``latency``: worker hand-over (<= 20 ms) + the
-    next tone boundary (<= 10 ms) + one callback period (11.6 ms). Smaller buffers shave that
-    last term at the price of more callbacks."""
+    ``frames_per_buffer`` (512: 11.6 ms at 44.1 kHz) is how much the audio thread takes from the
+    ring at a time: 86 Python callbacks a second, each taking the interpreter lock from training
+    for ~40 us. A step still leaves the ring within the 50 ms ``latency``: worker hand-over
+    (<= 20 ms) + the next tone boundary (<= 10 ms) + one buffer (11.6 ms). The thread takes a
+    buffer as soon as the device accepted the previous one, so a buffer then waits up to one
+    buffer longer in the device than under PortAudio's callback, which costs more CPU (module
+    docstring). Smaller buffers shave both terms at the price of more callbacks.
+
+    ``stream_factory(sample_rate, frames_per_buffer, callback, device)`` replaces the device
+    (tests): it returns a started-on-demand stream (``start_stream``, ``stop_stream``,
+    ``close``) that calls ``callback`` as PortAudio would."""
 
     max_delay = 0.02  # the worker hands steps over at least every 20 ms
 
@@ -247,6 +309,8 @@ class LiveSink(Sink):
         raise SinkError("LiveSink takes whole steps from a GradientSonifier (write_steps)")
 
     def write_steps(self, frames: np.ndarray, block: StepBlock) -> None:
+        if self.error is None:
+            self.error = getattr(self._stream, "error", None)  # a failed write (Pump)
         if self.error is not None:
             raise SinkError(f"live audio stopped: {self.error!r}") from self.error
         if not self.available or self.closed:
