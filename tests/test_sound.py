@@ -228,7 +228,7 @@ def test_chord_layout_plays_bit_exactly_through_real_pyaudio_in_stereo():
     mem = MemorySink()
     sink = LiveSink(policy="block")
     with GradientSonifier(model, wav=None, live=sink, sinks=[mem], layout="chord") as son:
-        assert sink.available and sink._stream._channels == 2  # a real stereo PortAudio stream
+        assert sink.available and sink._stream.stream._channels == 2  # a real stereo PortAudio stream
         train_steps(model, son.wrap(torch.optim.SGD(model.parameters(), lr=0.05)), steps=5)
     played = np.fromfile(CAPTURE, dtype="<f4")
     want = mem.frames.reshape(-1)  # interleaved L R, as the device got it
