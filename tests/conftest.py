@@ -4,6 +4,7 @@ import atexit
 import gc
 import os
 import shutil
+import signal
 import sys
 import tempfile
 import threading
@@ -26,6 +27,13 @@ os.environ["ALSA_CONFIG_PATH"] = str(AUDIO_DIR / "asound.conf")
 # ALSA's null device has no clock: an open stream writes as fast as the CPU allows, tens of MB a
 # second, so the capture never outlives the session (a hung session's filled a 250 GB disk).
 atexit.register(shutil.rmtree, AUDIO_DIR, ignore_errors=True)
+
+
+def _stop_session(signum, frame):  # `timeout` (and CI) stop a session with SIGTERM: end it as
+    raise KeyboardInterrupt(f"signal {signum}")  # Ctrl-C does, so the atexit above runs
+
+
+signal.signal(signal.SIGTERM, _stop_session)
 
 # Test this checkout's code, also in child processes, whichever checkout pip installed.
 sys.path.insert(0, str(REPO / "src"))
