@@ -45,7 +45,7 @@ def open_run(page, srv):
     page.goto(srv.url)
     page.get_by_test_id("run").first.click()
     page.wait_for_function("window.gradsonic && gradsonic.store.next === 120")
-    page.wait_for_function("document.getElementById('summary').textContent.length > 0")
+    page.wait_for_function("document.getElementById('summary')?.textContent.length > 0")
 
 
 def test_axe_finds_no_wcag_violation_on_the_run_list_and_a_run(run16, browser):

@@ -392,8 +392,10 @@ def test_page_lists_runs_and_shows_a_finished_run_whole(runs, browser):
         items.first.wait_for()
         assert sorted(items.all_text_contents()) == ["job-a/run.gsr", "job-b/run.gsr"]
         page.get_by_test_id("run").filter(has_text="job-b").click()
+        # (null-safe: while the page swaps runs the element may be briefly absent, and a
+        # predicate that throws ends the wait instead of retrying)
         page.wait_for_function("document.querySelector('[data-testid=latest-step]')"
-                               ".textContent === '49'")
+                               "?.textContent === '49'")
         assert page.get_by_test_id("voice").all_text_contents() == ["v0", "v1", "v2", "v3"]
         assert page.evaluate("gradsonic.store.next") == 50
         assert page.evaluate("gradsonic.store.batches.map(b => [b.first, b.n, b.V])") == [
