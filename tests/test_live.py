@@ -350,17 +350,60 @@ def test_the_pump_writes_what_the_callback_gives_and_a_failed_write_is_reported(
         son.close()
 
 
-def test_a_pump_stuck_in_a_write_is_left_alone_and_training_goes_on():
+def test_a_pump_stuck_in_a_write_is_left_alone_and_released_when_the_device_returns():
     model = TinyMLP()
     device, pa = _BlockingStream(fail_after=10), _PortAudio()  # never given room
-    sink = LiveSink(stream_factory=lambda rate, fpb, callback, dev: live_module.Pump(
-        device, callback, fpb, pa))
+    pumps = []
+    sink = LiveSink(stream_factory=lambda rate, fpb, callback, dev: pumps.append(
+        live_module.Pump(device, callback, fpb, pa)) or pumps[-1])
     with GradientSonifier(model, wav="run.wav", live=sink) as son:
         opt = son.wrap(torch.optim.SGD(model.parameters(), lr=0.05))
         train_steps(model, opt, steps=3)
     assert son.steps == 3 and soundfile.info("run.wav").frames == 3 * 5 * TONE
     assert not device.closed and not pa.terminated  # not pulled from under the stuck write
-    device.room.set()  # (let the daemon thread end)
+    device.room.set()  # the device comes back: the write returns, the thread ends ...
+    pumps[0]._thread.join(10)
+    assert not pumps[0].is_active()
+    assert device.stopped and device.closed and pa.terminated  # ... and releases it all
+
+
+def test_block_policy_stops_waiting_when_a_write_fails(monkeypatch):
+    model = TinyMLP()
+    device, pa = _BlockingStream(fail_after=0), _PortAudio()  # its first write will fail
+    sink = LiveSink(policy="block", stream_factory=lambda rate, fpb, callback, dev:
+                    live_module.Pump(device, callback, fpb, pa))
+    waiting, wait_for_room = threading.Event(), sink._wait_for_room
+
+    def wait(*args):
+        if sink._write - sink._read > sink._latency_frames:  # the worker waits for the device
+            waiting.set()
+        return wait_for_room(*args)
+
+    monkeypatch.setattr(sink, "_wait_for_room", wait)
+    # the device fails while the worker waits for it to drain the ring
+    threading.Thread(target=lambda: waiting.wait(30) and device.room.set(), daemon=True).start()
+    with GradientSonifier(model, wav="run.wav", live=sink) as son:
+        opt = son.wrap(torch.optim.SGD(model.parameters(), lr=0.05))
+        # the real cause, not "the audio device stopped consuming for 2.0 s"
+        with pytest.warns(GradsonicWarning, match=r"live audio stopped: OSError") as caught:
+            train_steps(model, opt, steps=6)
+            son.flush()
+    assert not any("stopped consuming" in str(w.message) for w in caught)
+    assert son.steps == 6 and soundfile.info("run.wav").frames == 6 * 5 * TONE
+
+
+def test_a_live_sink_plays_for_one_sonifier():
+    model = TinyMLP()
+    make = factory(ManualStream)
+    sink = LiveSink(stream_factory=make)
+    with GradientSonifier(model, wav=None, live=sink):
+        opened = make.stream
+        with pytest.raises(ValueError, match=r"LiveSink\(\) already played for a sonifier.*"
+                                             r"pass a new LiveSink\(\) to each sonifier"):
+            GradientSonifier(model, wav=None, live=sink)  # shared while open
+    with pytest.raises(ValueError, match=r"already played for a sonifier"):
+        GradientSonifier(model, wav=None, live=sink)  # reused after close
+    assert make.stream is opened and opened.closed  # no second device was opened
 
 
 def test_live_sink_bad_arguments():

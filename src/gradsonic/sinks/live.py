@@ -122,6 +122,9 @@ class Pump:
         self.error: BaseException | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self._ended = False  # the thread has left its loop
+        self._release_at_end = False  # close() came while a write was stuck
 
     def start_stream(self) -> None:
         self.stream.start_stream()
@@ -137,6 +140,12 @@ class Pump:
                     return
         except BaseException as e:  # (a thread's exception would only reach stderr)
             self.error = e
+        finally:
+            with self._lock:
+                self._ended = True
+                release = self._release_at_end
+            if release:  # the device came back after close() gave up on it
+                self._release(stop=True)
 
     def is_active(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
@@ -152,10 +161,19 @@ class Pump:
         self.stream.stop_stream()
 
     def close(self) -> None:
-        """Release the stream and PortAudio, unless a write is still stuck in them."""
-        if self._thread is not None and self._thread.is_alive():
-            return
+        """Release the stream and PortAudio; while a write is stuck in them, when it returns."""
+        self._stop.set()
+        with self._lock:
+            if self._thread is not None and not self._ended:
+                self._release_at_end = True
+                return
+        self._release(stop=False)
+
+    def _release(self, stop: bool) -> None:
         try:
+            if stop:
+                with contextlib.suppress(Exception):
+                    self.stream.stop_stream()
             self.stream.close()
         finally:
             self._pa.terminate()
@@ -189,6 +207,7 @@ class LiveSink(Sink):
     max_delay = 0.02  # the worker hands steps over at least every 20 ms
 
     _stream: Any = None
+    _used = False  # opened for a sonifier once (and for good)
 
     def __init__(self, device: int | None = None, policy: str = "drop", latency: float = 0.05,
                  frames_per_buffer: int = 512, *, stream_factory: StreamFactory | None = None
@@ -222,8 +241,15 @@ class LiveSink(Sink):
 
     # -- set-up ------------------------------------------------------------------------
 
+    def prepare(self, sample_rate: int) -> None:
+        if self._used:
+            raise ConfigError(f"{self!r} already played for a sonifier (a LiveSink opens its "
+                              "device once and closes it with that sonifier); pass a new "
+                              "LiveSink() to each sonifier")
+
     def open(self, sample_rate: int) -> None:
         """Open the device; on failure warn once and leave the sink closed (training goes on)."""
+        self._used = True
         self.sample_rate = int(sample_rate)
         # The ring holds samples (stereo interleaved): every count below is frames x channels.
         self._latency_frames = max(1, round(self.latency * self.sample_rate)) * self.channels
@@ -309,10 +335,7 @@ class LiveSink(Sink):
         raise SinkError("LiveSink takes whole steps from a GradientSonifier (write_steps)")
 
     def write_steps(self, frames: np.ndarray, block: StepBlock) -> None:
-        if self.error is None:
-            self.error = getattr(self._stream, "error", None)  # a failed write (Pump)
-        if self.error is not None:
-            raise SinkError(f"live audio stopped: {self.error!r}") from self.error
+        self._raise_device_error()
         if not self.available or self.closed:
             return
         step = block.step_frames * self.channels
@@ -358,9 +381,17 @@ class LiveSink(Sink):
             self.stats.truncated_steps += 1
         self._write = max(cut, self._read)
 
+    def _raise_device_error(self) -> None:
+        """Raise the callback's error, or the stream's (a Pump's failed write), as SinkError."""
+        if self.error is None:
+            self.error = getattr(self._stream, "error", None)
+        if self.error is not None:
+            raise SinkError(f"live audio stopped: {self.error!r}") from self.error
+
     def _wait_for_room(self) -> None:
         while self._write - self._read > self._latency_frames:
-            if self.closed or self.error is not None:
+            self._raise_device_error()  # (a device gone is no reason to wait 2 s)
+            if self.closed:
                 return
             self._cond.wait(0.05)
             if time.monotonic() - self._last_callback > BLOCK_STALL_SECONDS:
