@@ -4,8 +4,8 @@ A ``gradsonic-audio`` thread pulls one buffer at a time from the sink's callback
 PortAudio in a blocking write (which waits for the device without the interpreter lock). The
 callback only copies ready float32 frames out of a ring buffer (no torch, no allocation beyond
 the bytes PyAudio needs, never raises: an error aborts the stream and is reported on the training
-thread at its next step). A blocking write costs the machine a third less CPU than PortAudio's own
-callback thread does for the same audio (``benchmarks/live_callback.py``). The sonifier's worker
+thread at its next step). The audio threads cost a quarter less CPU this way than with
+PortAudio's own callback thread (``benchmarks/live_callback.py``). The sonifier's worker
 fills the ring with whole steps, under one of three policies for when training produces sound
 faster than it can be played (the seed layout makes 60 ms of sound per step; at 100 steps/s that
 is 6 s of sound per second):
@@ -197,8 +197,8 @@ class LiveSink(Sink):
     for ~40 us. A step still leaves the ring within the 50 ms ``latency``: worker hand-over
     (<= 20 ms) + the next tone boundary (<= 10 ms) + one buffer (11.6 ms). The thread takes a
     buffer as soon as the device accepted the previous one, so a buffer then waits up to one
-    buffer longer in the device than under PortAudio's callback, which costs more CPU (module
-    docstring). Smaller buffers shave both terms at the price of more callbacks.
+    buffer longer in the device than under PortAudio's callback (the price of the CPU the
+    module docstring mentions). Smaller buffers shave both terms at the price of more callbacks.
 
     ``stream_factory(sample_rate, frames_per_buffer, callback, device)`` replaces the device
     (tests): it returns a started-on-demand stream (``start_stream``, ``stop_stream``,
