@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import threading
@@ -151,12 +152,23 @@ def test_ctrl_c_during_live_training_leaves_no_hung_audio_thread(tmp_path):
         "while True:\n"
         "    opt.zero_grad(); m(torch.randn(2, 4)).sum().backward(); opt.step()\n"
         "    time.sleep(0.001)\n")
+    # Its own (unclocked) device writing to /dev/null: a child that outlived the test wrote into
+    # the session's capture as fast as it could, and later tests read that file whole (OOM).
+    conf = tmp_path / "asound.conf"
+    conf.write_text('pcm.!default {\n type file\n slave.pcm { type null }\n'
+                    ' file "/dev/null"\n format "raw"\n}\n')
     proc = subprocess.Popen([sys.executable, "-c", script], cwd=tmp_path, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    assert proc.stdout.readline().strip() == "ready"
-    time.sleep(0.5)
-    proc.send_signal(2)
-    proc.communicate(timeout=30)  # a hung audio thread would hold the process past this
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env={**os.environ, "ALSA_CONFIG_PATH": str(conf)})
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        time.sleep(0.5)
+        proc.send_signal(2)
+        proc.communicate(timeout=30)  # a hung audio thread would hold the process past this
+    finally:
+        if proc.poll() is None:  # never leave it running, whatever failed
+            proc.kill()
+            proc.communicate()
     assert proc.returncode == -2
     assert soundfile.info(str(tmp_path / "ctrlc.wav")).frames > 0
 
