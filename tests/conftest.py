@@ -34,6 +34,11 @@ def _stop_session(signum, frame):  # `timeout` (and CI) stop a session with SIGT
 
 
 signal.signal(signal.SIGTERM, _stop_session)
+# A session started as a background job (`pytest &` in a script) inherits SIGINT *ignored*, and
+# so would every child it spawns: Python then installs no Ctrl-C handler, and the tests that
+# interrupt a child training run waited on a child that trained on. A handler here is reset to
+# the default in each child at exec, as a terminal would leave it.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 
 # Test this checkout's code, also in child processes, whichever checkout pip installed.
 sys.path.insert(0, str(REPO / "src"))
