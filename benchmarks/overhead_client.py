@@ -159,16 +159,23 @@ def _lm16():
     return model, layers
 
 
-def _threads_cpu() -> dict[int, float]:
-    """CPU seconds of every thread of this process (``/proc/self/task/*/schedstat``)."""
+def _threads_sched() -> dict[int, tuple[float, float]]:
+    """(CPU seconds, seconds runnable but waiting for a core) of every thread of this process:
+    the first two fields of ``/proc/self/task/*/schedstat``."""
     out = {}
     for tid in os.listdir("/proc/self/task"):
         try:
             with open(f"/proc/self/task/{tid}/schedstat") as f:
-                out[int(tid)] = int(f.read().split()[0]) / 1e9
+                run, wait = f.read().split()[:2]
+            out[int(tid)] = (int(run) / 1e9, int(wait) / 1e9)
         except (OSError, ValueError):
             pass
     return out
+
+
+def _threads_cpu() -> dict[int, float]:
+    """CPU seconds of every thread of this process."""
+    return {tid: cpu for tid, (cpu, _) in _threads_sched().items()}
 
 
 def _label_threads(before: set[int]) -> dict[int, str]:
@@ -262,7 +269,8 @@ def child(args: argparse.Namespace) -> None:
     model.train()
     t_ready = time.perf_counter()
     cpu0, proc0 = time.thread_time(), time.process_time()
-    th0 = _threads_cpu()
+    sched0 = _threads_sched()
+    th0 = {tid: cpu for tid, (cpu, _) in sched0.items()}
     t0 = time.perf_counter()
     for batch_idx in range(args.steps):
         if args.model == "mnist":
@@ -281,8 +289,13 @@ def child(args: argparse.Namespace) -> None:
             print(f"Train Epoch: 1 [{batch_idx * 64}]\tLoss: {loss.item():.6f}", file=sys.stderr)
     t1 = time.perf_counter()
     cpu1 = time.thread_time()
-    th1 = _threads_cpu()
+    sched1 = _threads_sched()
+    th1 = {tid: cpu for tid, (cpu, _) in sched1.items()}
     labels = _label_threads(torch_tids)
+    waits: dict[str, float] = {}  # time runnable but without a core, by kind of thread
+    for tid, (_, w) in sched1.items():
+        kind = labels.get(tid, "other")
+        waits[kind] = waits.get(kind, 0.0) + w - sched0.get(tid, (0.0, 0.0))[1]
     by_kind: dict[str, float] = {}
     others: dict[str, float] = {}  # the new threads by name (PortAudio, pulse, TB writer, ...)
     import threading
@@ -313,7 +326,7 @@ def child(args: argparse.Namespace) -> None:
         "setup_s": t_ready - t_start,
         "main_cpu_s": cpu1 - cpu0, "proc_cpu_s": time.process_time() - proc0,
         "worker_cpu_s": worker_cpu.get("s"), "live_ok": live_ok, "stats": stats,
-        "torch_threads": torch.get_num_threads(), "loop_cpu_s": by_kind,
+        "torch_threads": torch.get_num_threads(), "loop_cpu_s": by_kind, "loop_wait_s": waits,
         "other_threads_cpu_s": others,
     }
     if patches is not None and hasattr(patches, "report"):
@@ -381,6 +394,20 @@ def _cpu(r: dict, kind: str) -> float:
     return r.get("loop_cpu_s", {}).get(kind, 0.0)
 
 
+def _per_step(rs: list[dict], kind: str, steps: int) -> str:
+    """Median time a kind of thread waited for a core, us per step ("-": not recorded)."""
+    w = [r["loop_wait_s"].get(kind, 0.0) for r in rs if "loop_wait_s" in r]
+    return f"{1e6 * statistics.median(w) / steps:.0f}" if w else "-"
+
+
+def _blocked(rs: list[dict], steps: int) -> str:
+    """The training thread's loop time neither on a core nor waiting for one: sleeping in a
+    lock (the interpreter lock, a queue) or in I/O, us per step (median)."""
+    b = [r["loop_s"] - _cpu(r, "train") - r["loop_wait_s"].get("train", 0.0)
+         for r in rs if "loop_wait_s" in r]
+    return f"{1e6 * statistics.median(b) / steps:.0f}" if b else "-"
+
+
 def report(results: dict[str, list[dict]], model: str, steps: int) -> str:
     """The Markdown table of one model's runs."""
     names = list(results)
@@ -388,8 +415,10 @@ def report(results: dict[str, list[dict]], model: str, steps: int) -> str:
     first = next(iter(results.values()))[0]
     rows = ["| variant | runs | loop ms/step | loop vs bare: median (min .. max) | loop+close vs "
             "bare | close ms | CPU us/step: training thread | (vs bare) | gradsonic worker | "
-            "other new threads (audio, TB writer) | torch pool | live played |",
-            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+            "other new threads (audio, TB writer) | torch pool | live played | waiting for a "
+            "core us/step: training thread | torch pool | training thread blocked us/step |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- "
+            "| --- |"]
     med = statistics.median
     bare_train = med(_cpu(r, "train") for r in base) if base else None
     for n in names:
@@ -411,12 +440,17 @@ def report(results: dict[str, list[dict]], model: str, steps: int) -> str:
             f"{ovc} | {1e3 * med(r['close_s'] for r in rs):.0f} | {1e6 * train / steps:.0f} | "
             f"{d_train} | {wcpu} | {1e6 * med(_cpu(r, 'other') for r in rs) / steps:.0f} | "
             f"{1e6 * med(_cpu(r, 'torch') for r in rs) / steps:.0f} | "
-            f"{'/'.join(str(x) for x in sorted(live)) if live else '-'} |")
+            f"{'/'.join(str(x) for x in sorted(live)) if live else '-'} | "
+            f"{_per_step(rs, 'train', steps)} | {_per_step(rs, 'torch', steps)} | "
+            f"{_blocked(rs, steps)} |")
     head = (f"### model `{model}`: {steps} steps per run, {len(rs)} rounds, data: "
             f"{first['data']}, torch threads {first['torch_threads']}\n\n"
             "CPU columns: medians over runs of each thread's CPU time in the loop "
             "(`/proc/self/task/*/schedstat`) per step; worker: the `gradsonic-worker` thread's "
-            "whole life (incl. close).\n\n")
+            "whole life (incl. close). Waiting for a core: the time a thread was runnable but "
+            "not running (schedstat's run delay); blocked: loop time - training thread CPU - "
+            "its wait for a core (sleeping on a lock, the interpreter lock included, or I/O)."
+            "\n\n")
     return head + "\n".join(rows)
 
 
