@@ -121,6 +121,20 @@ def test_without_pyaudio_one_warning_names_the_install_line_and_the_wav_continue
     assert soundfile.info("no_pyaudio.wav").frames == 5 * 5 * TONE
 
 
+def test_a_device_index_that_is_no_output_device_is_named_with_the_ones_there_are():
+    model = TinyMLP()
+    with pytest.warns(GradsonicWarning) as caught:
+        with GradientSonifier(model, wav="bad_device.wav", live=LiveSink(device=9999)) as son:
+            opt = son.wrap(torch.optim.SGD(model.parameters(), lr=0.05))
+            train_steps(model, opt, steps=3)
+    assert len(caught) == 1
+    message = str(caught[0].message)
+    assert "device=9999 is not an output device" in message
+    assert "0 ('default')" in message  # the test's ALSA device, as PortAudio lists it
+    assert "pip install" not in message  # nothing to install: the index is wrong
+    assert soundfile.info("bad_device.wav").frames == 3 * 5 * TONE
+
+
 def test_headless_machine_warns_once_silences_alsa_and_keeps_the_wav(tmp_path):
     script = (
         "import torch\n"

@@ -98,6 +98,8 @@ def pyaudio_stream(sample_rate: int, frames_per_buffer: int, callback: Callable[
     try:
         if device is None and pa.get_device_count() == 0:
             raise OSError("no audio output device (this looks like a headless machine)")
+        if device is not None:
+            _check_device(pa, device, channels)
         stream = pa.open(format=pyaudio.paFloat32, channels=channels, rate=sample_rate,
                          output=True, frames_per_buffer=frames_per_buffer,
                          output_device_index=device, start=False)
@@ -105,6 +107,24 @@ def pyaudio_stream(sample_rate: int, frames_per_buffer: int, callback: Callable[
         pa.terminate()
         raise
     return Pump(stream, callback, frames_per_buffer, pa)
+
+
+class NoSuchDevice(OSError):
+    """``LiveSink(device=...)`` names no output device of this machine (nothing to install)."""
+
+
+def _check_device(pa: Any, device: int, channels: int) -> None:
+    outputs = []
+    for i in range(pa.get_device_count()):
+        with contextlib.suppress(Exception):
+            info = pa.get_device_info_by_index(i)
+            if int(info.get("maxOutputChannels", 0)) >= channels:
+                outputs.append(f"{i} ({info.get('name', '?')!r})")
+    if not any(o.startswith(f"{device} (") for o in outputs):
+        raise NoSuchDevice(
+            f"device={device} is not an output device with {channels} channel(s) here; "
+            f"the output devices are: {', '.join(outputs) or 'none'} (or device=None for the "
+            "system default)")
 
 
 class Pump:
@@ -261,8 +281,8 @@ class LiveSink(Sink):
         except (OSError, ModuleNotFoundError, ImportError) as e:
             self._release()
             self.closed = True
-            hint = "" if isinstance(e, ModuleNotFoundError) else f"; {INSTALL_HINT} and check " \
-                "that an output device exists"
+            hint = "" if isinstance(e, (ModuleNotFoundError, NoSuchDevice)) else \
+                f"; {INSTALL_HINT} and check that an output device exists"
             warnings.warn(f"gradsonic: live audio is off: {e}{hint}. Training and the other "
                           "outputs (WAV, ...) continue.", GradsonicWarning,
                           stacklevel=user_stacklevel())
