@@ -286,6 +286,29 @@ def test_a_failing_on_step_callback_is_disabled_after_one_report():
     assert soundfile.info("cb.wav").frames == 6 * (3 * 441 + 2 * 441)
 
 
+def test_a_worker_error_reported_at_a_step_points_at_the_users_step_line():
+    model = TinyMLP()
+    son = GradientSonifier(model, wav=None, on_step=lambda record: {}["missing"])
+    opt = son.wrap(torch.optim.SGD(model.parameters(), lr=0.01))
+    x, y = batch(model)
+    opt.zero_grad()
+    ((model(x) - y) ** 2).mean().backward()
+    opt.step()
+    deadline = time.monotonic() + 30
+    while not son._worker.errors and time.monotonic() < deadline:  # the worker reads step 0
+        time.sleep(0.01)
+    assert son._worker.errors, "the on_step error never reached the worker's list"
+    opt.zero_grad()
+    ((model(x) - y) ** 2).mean().backward()
+    with pytest.warns(GradsonicWarning, match="on_step callback") as caught:
+        opt.step()  # <- reported here, on the training thread, from inside torch's step()
+    son.close()
+    # the user's line - not gradsonic's hook, nor torch's optimizer wrapper that called it
+    lines = open(__file__).read().splitlines()
+    assert caught[0].filename == __file__
+    assert "opt.step()  # <- reported here" in lines[caught[0].lineno - 1]
+
+
 # -- training loops as people write them ---------------------------------------------------
 
 

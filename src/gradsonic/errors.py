@@ -28,13 +28,19 @@ class GradsonicWarning(UserWarning):
 
 
 def _user_frame() -> tuple[object, int]:
-    """The first frame outside gradsonic up the stack, and its depth from the caller's caller."""
+    """The first frame up the stack outside gradsonic - and outside torch, which calls
+    gradsonic's optimizer hooks from inside ``optimizer.step()`` - with its depth from the
+    caller's caller."""
     import os
     import sys
 
-    here = os.path.dirname(os.path.abspath(__file__))
+    inside = [os.path.dirname(os.path.abspath(__file__)) + os.sep]
+    torch = sys.modules.get("torch")
+    if torch is not None and getattr(torch, "__file__", None):
+        inside.append(os.path.dirname(os.path.abspath(torch.__file__)) + os.sep)
     frame, level = sys._getframe(2), 1
-    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(here):
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(
+            tuple(inside)):
         frame, level = frame.f_back, level + 1
     return frame, level
 

@@ -27,7 +27,8 @@ from torch import nn
 
 from ._signals import install_sigterm_exit
 from .accents import Accents
-from .errors import ConfigError, ConfigTypeError, GradsonicError, GradsonicWarning, user_line
+from .errors import (ConfigError, ConfigTypeError, GradsonicError, GradsonicWarning, user_line,
+                     user_stacklevel)
 from .hooks import ScalerHook, StepHook, torch_optimizer
 from .mapping import MappingLike
 from .outputs import Outputs
@@ -450,7 +451,7 @@ class GradientSonifier:
             where, exc, tb = worker.errors[worker.reported]
             worker.reported += 1
             warnings.warn(f"gradsonic: {where} failed: {exc!r}; training continues.\n{tb}",
-                          GradsonicWarning, stacklevel=3)
+                          GradsonicWarning, stacklevel=user_stacklevel())
 
 
 def _check_options(on_step: Any, max_pending: Any, rank: Any, handle_sigterm: Any,
