@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 import gradsonic.sinks.live as live_module
-from gradsonic import GradientSonifier, GradsonicWarning, MemorySink
+from gradsonic import GradientSonifier, GradsonicWarning, MemorySink, SinkPaused
 from gradsonic.demo import SeedCNN
 from gradsonic.sinks import LiveSink, StepBlock
 
@@ -266,15 +266,35 @@ def test_block_policy_paces_training_to_the_audio_clock():
     assert sink.stats.played_steps == 20 and sink.stats.dropped_steps == 0
 
 
-def test_drop_policy_never_holds_training_even_if_the_device_stalls():
+def test_drop_policy_never_holds_training_even_if_the_device_stalls_and_says_so_once():
     model = TinyMLP()
     sink = LiveSink(policy="drop", stream_factory=factory(ClockedStream, stalled=True))
-    with GradientSonifier(model, wav="stall.wav", live=sink) as son:
-        opt = son.wrap(torch.optim.SGD(model.parameters(), lr=0.05))
-        train_steps(model, opt, steps=300)
-        son.flush()
-        assert sink.stats.dropped_steps + sink.stats.truncated_steps > 250
+    with pytest.warns(GradsonicWarning) as caught:
+        with GradientSonifier(model, wav="stall.wav", live=sink) as son:
+            sink._last_callback -= 10  # the device has taken nothing for 10 s already
+            opt = son.wrap(torch.optim.SGD(model.parameters(), lr=0.05))
+            train_steps(model, opt, steps=300)
+            son.flush()
+            assert sink.stats.dropped_steps + sink.stats.truncated_steps > 250
+            assert sink in son.sinks and sink.available  # kept: it plays if the device does
+    assert len(caught) == 1
+    assert "the audio device has taken no audio for" in str(caught[0].message)
+    assert "is paused, not stopped" in str(caught[0].message)
+    assert "Traceback" not in str(caught[0].message)  # a notice, not a fault
     assert soundfile.info("stall.wav").frames == 300 * 5 * TONE
+
+
+def test_a_stall_is_told_once_per_stall_and_again_after_the_device_came_back():
+    sink, stream = make_sink("drop")
+    sink._last_callback -= 10
+    with pytest.raises(SinkPaused, match="has taken no audio for 10"):
+        sink.write_steps(*steps(1))
+    sink.write_steps(*steps(1, first=1))  # the same stall: told already
+    stream.pull(256)  # the device takes audio again
+    sink.write_steps(*steps(1, first=2))
+    sink._last_callback -= 10  # and stalls again
+    with pytest.raises(SinkPaused):
+        sink.write_steps(*steps(1, first=3))
 
 
 def test_clocked_drop_latency_is_within_the_bound():

@@ -6,7 +6,8 @@
 """
 
 from ._version import __version__
-from .errors import ConfigError, ConfigTypeError, GradsonicError, GradsonicWarning, SinkError
+from .errors import (ConfigError, ConfigTypeError, GradsonicError, GradsonicWarning, SinkError,
+                     SinkPaused)
 from .mapping import LogMapping, Mapping, MappingName, SeedMapping
 from .sinks import MemorySink, MLflowSink, Sink, TensorBoardSink, WandbSink, WavFormat, WavSink
 from .synth import Synth
@@ -42,6 +43,7 @@ __all__ = [
     "SeedMapping",
     "Sink",
     "SinkError",
+    "SinkPaused",
     "TensorBoardSink",
     "Stats",
     "StepRecord",

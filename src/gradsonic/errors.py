@@ -23,6 +23,11 @@ class SinkError(GradsonicError, RuntimeError):
     """A sink (file, device) failed; the sonifier stops that sink and training goes on."""
 
 
+class SinkPaused(SinkError):
+    """A sink's output is held up outside gradsonic (a device that takes no audio): the sink
+    stays on, and the worker reports it once per pause instead of stopping it."""
+
+
 class GradsonicWarning(UserWarning):
     """Soft problems: a failed sink, a worker error reported on the training thread."""
 

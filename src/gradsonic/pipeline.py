@@ -25,6 +25,7 @@ import numpy as np
 
 from ._threads import lower_priority
 from .accents import AccentDetector, Accents
+from .errors import SinkPaused
 from .mapping import ALARM, SILENT, plan_tones, sounded
 from .norms import PendingNorms, StepRecord, resolve_block
 from .sinks.base import Sink, StepBlock
@@ -92,6 +93,16 @@ class Worker(threading.Thread):
 
     def _fail(self, where: str, exc: BaseException) -> None:
         self.errors.append((where, exc, "".join(traceback.format_exception(exc))))
+
+    def next_report(self, after: str) -> str | None:
+        """The text of the oldest unreported error (marked reported), ending in ``after``."""
+        if self.reported >= len(self.errors):
+            return None
+        where, exc, tb = self.errors[self.reported]
+        self.reported += 1
+        if isinstance(exc, SinkPaused):  # a notice, not a fault: no traceback
+            return f"gradsonic: {where}: {exc}; {after}"
+        return f"gradsonic: {where} failed: {exc!r}; {after}\n{tb}"
 
     def run(self) -> None:
         lower_priority()
@@ -244,6 +255,8 @@ class Worker(threading.Thread):
                 sink.write_norms(block)
             else:
                 sink.write_steps(frames, block)
+        except SinkPaused as e:
+            self._fail(f"{sink!r} is paused, not stopped (it goes on when its device does)", e)
         except BaseException as e:
             self._drop(sink, e)
 
@@ -319,11 +332,8 @@ def say(text: str) -> None:
 
 def print_errors(worker: Worker) -> None:
     """Report the worker's unreported errors on stderr (no training thread left to warn)."""
-    while worker.reported < len(worker.errors):
-        where, exc, tb = worker.errors[worker.reported]
-        worker.reported += 1
-        say(f"GradsonicWarning: gradsonic: {where} failed: {exc!r}; the data written "
-               f"before it is kept.\n{tb}")
+    while (text := worker.next_report("the data written before it is kept.")) is not None:
+        say(f"GradsonicWarning: {text}")
 
 
 def stop(worker: Worker) -> None:

@@ -446,12 +446,8 @@ class GradientSonifier:
         """Warn once, on the calling (training) thread, for each new worker error."""
         if self._worker is None:
             return
-        worker = self._worker
-        while worker.reported < len(worker.errors):
-            where, exc, tb = worker.errors[worker.reported]
-            worker.reported += 1
-            warnings.warn(f"gradsonic: {where} failed: {exc!r}; training continues.\n{tb}",
-                          GradsonicWarning, stacklevel=user_stacklevel())
+        while (text := self._worker.next_report("training continues.")) is not None:
+            warnings.warn(text, GradsonicWarning, stacklevel=user_stacklevel())
 
 
 def _check_options(on_step: Any, max_pending: Any, rank: Any, handle_sigterm: Any,

@@ -3,6 +3,8 @@
 A sink receives mono float32 frames in [-1, 1] from the sonifier's worker thread (never from the
 training thread) and owns its resource. ``close()`` is idempotent and every sink is a context
 manager. A sink that raises is reported once and dropped; the other sinks and training go on.
+One that raises :class:`~gradsonic.errors.SinkPaused` (held up outside gradsonic, for now) is
+reported and kept.
 """
 
 from __future__ import annotations

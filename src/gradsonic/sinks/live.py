@@ -43,12 +43,12 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from .._options import StrEnum, check_number
-from ..errors import ConfigError, GradsonicWarning, SinkError, user_stacklevel
+from ..errors import ConfigError, GradsonicWarning, SinkError, SinkPaused, user_stacklevel
 from .base import Sink, StepBlock
 
 INSTALL_HINT = ("install PortAudio and PyAudio: `apt-get install portaudio19-dev` (Debian/Ubuntu) "
                 "or `brew install portaudio` (macOS), then `pip install 'gradsonic[live]'`")
-BLOCK_STALL_SECONDS = 2.0
+STALL_SECONDS = 2.0  # a device that takes nothing this long is reported (policy block: stopped)
 
 
 class LivePolicy(StrEnum):
@@ -228,6 +228,7 @@ class LiveSink(Sink):
 
     _stream: Any = None
     _used = False  # opened for a sonifier once (and for good)
+    _stall_told = False  # the device's current stall is reported already
 
     def __init__(self, device: int | None = None, policy: str = "drop", latency: float = 0.05,
                  frames_per_buffer: int = 512, *, stream_factory: StreamFactory | None = None
@@ -278,6 +279,7 @@ class LiveSink(Sink):
             self._stream = self._factory(self.sample_rate, self.frames_per_buffer,
                                          self._callback, self.device, **extra)
             self._stream.start_stream()
+            self._last_callback = time.monotonic()
         except (OSError, ModuleNotFoundError, ImportError) as e:
             self._release()
             self.closed = True
@@ -379,6 +381,19 @@ class LiveSink(Sink):
                     continue
                 self._append(frames[k * step:(k + 1) * step], float(block.times[k]),
                              block.tone_frames * self.channels)
+        self._tell_stall()
+
+    def _tell_stall(self) -> None:
+        """Report once a device that has taken no audio for STALL_SECONDS (a sound server
+        stopped, a Bluetooth speaker gone to sleep): steps are dropped meanwhile, and nobody
+        would know why the speakers went quiet. Playback goes on if the device does."""
+        idle = time.monotonic() - self._last_callback
+        if idle <= STALL_SECONDS:
+            self._stall_told = False
+        elif not self._stall_told:
+            self._stall_told = True
+            raise SinkPaused(f"the audio device has taken no audio for {idle:.1f} s, so the "
+                             "speakers are silent (the WAV and the recording keep every step)")
 
     def _append(self, frames: np.ndarray, t_step: float, tone: int) -> None:
         start = self._write
@@ -414,8 +429,8 @@ class LiveSink(Sink):
             if self.closed:
                 return
             self._cond.wait(0.05)
-            if time.monotonic() - self._last_callback > BLOCK_STALL_SECONDS:
-                raise SinkError(f"the audio device stopped consuming for {BLOCK_STALL_SECONDS} s")
+            if time.monotonic() - self._last_callback > STALL_SECONDS:
+                raise SinkError(f"the audio device stopped consuming for {STALL_SECONDS} s")
 
     # -- shutdown ----------------------------------------------------------------------
 
