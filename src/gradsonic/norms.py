@@ -81,10 +81,10 @@ class PendingNorms:
             if event is not None:
                 event.synchronize()
             if reduced is None:
-                values[positions] = vec.numpy()
+                values[positions] = vec.tolist()  # (a list: ~5x cheaper than .numpy() cold)
                 present[positions] = True
                 continue
-            summed = vec.numpy()
+            summed = np.array(vec.tolist())
             n = len(positions)
             values[positions] = np.sqrt(summed[:n])
             present[positions] = summed[n:] > 0
@@ -108,14 +108,15 @@ def resolve_block(pending: Sequence[PendingNorms]) -> tuple[np.ndarray, np.ndarr
     were added). Parameter norms are combined into voice norms for the whole block at once, in
     float64 (squares of float32 norms above ~1.8e19 would overflow in float32)."""
     n_steps, n_voices = len(pending), len(pending[0].layer_names)
-    norms = np.full((n_steps, n_voices), np.nan, dtype=np.float32)
+    norms = np.empty((n_steps, n_voices), dtype=np.float32)
+    norms.fill(np.nan)
     missing = np.ones((n_steps, n_voices), dtype=bool)
     start = 0
     for i in range(1, n_steps + 1):  # runs of steps from the same plan (usually the whole block)
         if i == n_steps or pending[i].voice_of is not pending[start].voice_of:
             _combine(pending[start:i], norms[start:i], missing[start:i])
             start = i
-    skipped = np.fromiter((p.skipped for p in pending), dtype=bool, count=n_steps)
+    skipped = np.array([p.skipped for p in pending], dtype=bool)
     return norms, missing, skipped
 
 
@@ -169,10 +170,11 @@ F32_MAX = float(np.finfo(np.float32).max)
 
 def _float32(values: np.ndarray) -> np.ndarray:
     """Float64 norms as float32: a finite norm beyond float32's range is stored as its largest
-    value (an over-range tone, never the NaN/Inf alarm); NaN and Inf stay as they are."""
-    with np.errstate(invalid="ignore"):
-        return np.where(values > F32_MAX, np.where(np.isinf(values), values, F32_MAX),
-                        values).astype(np.float32)
+    value (an over-range tone, never the NaN/Inf alarm); NaN and Inf stay as they are. (No
+    np.errstate: comparing NaN raises no flag, and the first errstate after the worker slept
+    cost ~80 us.)"""
+    return np.where(values > F32_MAX, np.where(np.isinf(values), values, F32_MAX),
+                    values).astype(np.float32)
 
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
