@@ -8,7 +8,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 SCRIPTS = ["synthesis.py", "overhead_cpu.py", "before_after.py", "alternatives.py", "many_layers.py",
-           "memory.py", "serve.py", "loggers.py"]
+           "memory.py", "serve.py", "loggers.py", "read_floor.py"]
 
 
 def main() -> int:

@@ -150,7 +150,7 @@ def test_benchmark_suite_smoke_run():
     assert proc.returncode == 0, proc.stderr
     for heading in ("| gradsonic, 64 steps per render |", "| gradsonic |", "| WAV sink",
                     "| serve, 10 clients |", "step-to-page latency", "| wav+mlflow |",
-                    "TensorBoard event file size"):
+                    "TensorBoard event file size", "| foreach+stack |"):
         assert heading in proc.stdout
 
 
