@@ -300,6 +300,18 @@ def test_no_truncation_or_byte_flip_escapes_as_anything_but_a_recording_error(
     _check_corrupt(corrupt, tmp_path / "c.gsr", capsys)
 
 
+def test_a_control_character_flipped_into_a_settings_key_stays_a_one_line_error(
+        good_recording, tmp_path, capsys):
+    # found by the fuzz test above: 'o' -> '\' in "spike_factor" makes the JSON escape \r (a CR)
+    # in the key; the TypeError's text carried it raw into the CLI's error, two lines long
+    assert b'"spike_factor"' in good_recording
+    corrupt = good_recording.replace(b'"spike_factor"', b'"spike_fact\\r"', 1)
+    _check_corrupt(corrupt, tmp_path / "cr.gsr", capsys)
+    with pytest.raises(RecordingError, match=r"'spike_fact\\r', which are not Accents fields "
+                                             r"\(spike_factor, collapse_factor"):
+        read_recording(tmp_path / "cr.gsr")
+
+
 def _header(raw: bytes, edit) -> bytes:
     """The recording with its JSON header edited (and its length field rewritten)."""
     import json

@@ -21,7 +21,7 @@ collapse with the louder onset alone (:meth:`gradsonic.synth.Synth.render`).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 import numpy as np
@@ -68,6 +68,11 @@ def resolve_accents(value: Any) -> Accents | None:
     if isinstance(value, Accents):
         return value
     if isinstance(value, dict):
+        allowed = [f.name for f in fields(Accents)]
+        unknown = [k for k in value if k not in allowed]
+        if unknown:  # (named with repr: a corrupt recording's key may hold any character)
+            raise ConfigError(f"accents settings name {', '.join(map(repr, unknown))}, which "
+                              f"are not Accents fields ({', '.join(allowed)})")
         try:
             return Accents(**value)
         except TypeError as e:

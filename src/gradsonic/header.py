@@ -121,7 +121,8 @@ def check_settings(settings: dict[str, Any], p: Path) -> None:
         if mapping.get("kind") != "custom":
             mapping_from_settings(mapping)
     except (ConfigError, TypeError, ValueError) as e:
-        raise RecordingError(f"{str(p)!r}: the recording's settings are not usable ({e}); "
+        why = "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(e))  # one line
+        raise RecordingError(f"{str(p)!r}: the recording's settings are not usable ({why}); "
                              "corrupted?") from None
 
 
