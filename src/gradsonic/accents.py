@@ -73,10 +73,7 @@ def resolve_accents(value: Any) -> Accents | None:
         if unknown:  # (named with repr: a corrupt recording's key may hold any character)
             raise ConfigError(f"accents settings name {', '.join(map(repr, unknown))}, which "
                               f"are not Accents fields ({', '.join(allowed)})")
-        try:
-            return Accents(**value)
-        except TypeError as e:
-            raise ConfigError(f"accents settings {value!r} are not Accents fields: {e}") from None
+        return Accents(**value)
     raise ConfigTypeError(f"accents must be True, False or an Accents(...), not {value!r}")
 
 

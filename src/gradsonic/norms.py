@@ -84,7 +84,7 @@ class PendingNorms:
                 values[positions] = vec.tolist()  # (a list: ~5x cheaper than .numpy() cold)
                 present[positions] = True
                 continue
-            summed = np.array(vec.tolist())
+            summed = vec.numpy()  # (float32, as reduced: sqrt in float32 as before)
             n = len(positions)
             values[positions] = np.sqrt(summed[:n])
             present[positions] = summed[n:] > 0

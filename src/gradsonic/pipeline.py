@@ -256,7 +256,7 @@ class Worker(threading.Thread):
             else:
                 sink.write_steps(frames, block)
         except SinkPaused as e:
-            self._fail(f"{sink!r} is paused, not stopped (it goes on when its device does)", e)
+            self._fail(f"{sink!r} is paused, not stopped", e)  # (kept: it may go on)
         except BaseException as e:
             self._drop(sink, e)
 

@@ -114,17 +114,17 @@ class NoSuchDevice(OSError):
 
 
 def _check_device(pa: Any, device: int, channels: int) -> None:
-    outputs = []
+    outputs: dict[int, str] = {}  # index -> name of each device that can play `channels`
     for i in range(pa.get_device_count()):
         with contextlib.suppress(Exception):
             info = pa.get_device_info_by_index(i)
             if int(info.get("maxOutputChannels", 0)) >= channels:
-                outputs.append(f"{i} ({info.get('name', '?')!r})")
-    if not any(o.startswith(f"{device} (") for o in outputs):
+                outputs[i] = str(info.get("name", "?"))
+    if device not in outputs:
+        listed = ", ".join(f"{i} ({name!r})" for i, name in outputs.items()) or "none"
         raise NoSuchDevice(
             f"device={device} is not an output device with {channels} channel(s) here; "
-            f"the output devices are: {', '.join(outputs) or 'none'} (or device=None for the "
-            "system default)")
+            f"the output devices are: {listed} (or device=None for the system default)")
 
 
 class Pump:
